@@ -1,0 +1,431 @@
+//! Per-call overhead of circuit breakers in the **closed** state.
+//!
+//! Every row drives the same trivial inner service
+//! (`service_fn(|x: u64| ready(Ok::<u64, Infallible>(x)))`) with
+//! `svc.ready().await?.call(req).await`, so the difference between a row and `bare`
+//! is what the breaker adds on the healthy path. The calls never fail, so no breaker
+//! ever leaves the closed state.
+//!
+//! - `breaker/single`: one task on a current-thread runtime, `iters` calls in a row,
+//!   timed as one batch (`iter_custom`), so runtime overhead is paid once per batch.
+//! - `breaker/shared_2_threads`: two OS threads, each with its own current-thread
+//!   runtime and its OWN clone of the service; all clones share ONE breaker. Reported
+//!   time = wall time of both threads (first start to last finish) / calls per thread.
+//!
+//! Rows: `bare`, steadfast with each trip rule, and the peers `failsafe`, `recloser`
+//! and `tower-resilience` (tower-resilience-circuitbreaker) with comparable rules.
+//! failsafe and recloser are not tower middleware, so they are wrapped in the thin
+//! adapters below.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo bench --bench breaker
+//! ```
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::Ready;
+use std::sync::Barrier;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use tokio::runtime::{Builder, Runtime};
+use tower::{Layer, Service, ServiceExt};
+
+/// The open duration every breaker is given. The breakers never open in these
+/// benches; a common value just keeps the configurations alike.
+const OPEN_FOR: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------
+// The inner service
+// ---------------------------------------------------------------------------
+
+/// The trivial inner service. Returned as `impl Service` (not a `fn` pointer) so the
+/// closure stays a zero-sized, inlinable type in every row.
+fn inner(
+) -> impl Service<u64, Response = u64, Error = Infallible, Future = Ready<Result<u64, Infallible>>>
+       + Clone
+       + Send
+       + 'static {
+    tower::service_fn(|x: u64| std::future::ready(Ok::<u64, Infallible>(x)))
+}
+
+// ---------------------------------------------------------------------------
+// Peer adapters: thin tower `Service`s over failsafe and recloser
+// ---------------------------------------------------------------------------
+
+/// failsafe as a tower `Service`.
+///
+/// `poll_ready` forwards to the inner service; `call` hands the inner future to
+/// failsafe's own `futures::CircuitBreaker::call`, and the returned
+/// `failsafe::futures::ResponseFuture` is the service's future as is: no boxing, no
+/// error conversion beyond failsafe's own `Error<E>`. failsafe asks permission when
+/// that future is first polled and records the outcome when it completes. (The
+/// `Arc` clone of the state machine per call and the mutex it takes are failsafe's
+/// own API, not the adapter's.)
+struct FailsafeService<S, P> {
+    inner: S,
+    breaker: failsafe::StateMachine<P, ()>,
+}
+
+impl<S: Clone, P> Clone for FailsafeService<S, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            breaker: self.breaker.clone(),
+        }
+    }
+}
+
+impl<S, P, Req> Service<Req> for FailsafeService<S, P>
+where
+    S: Service<Req>,
+    P: failsafe::FailurePolicy + Send + Sync,
+{
+    type Response = S::Response;
+    type Error = failsafe::Error<S::Error>;
+    type Future = failsafe::futures::ResponseFuture<S::Future, P, (), failsafe::Any>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(failsafe::Error::Inner)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        failsafe::futures::CircuitBreaker::call(&self.breaker, self.inner.call(req))
+    }
+}
+
+/// recloser as a tower `Service`.
+///
+/// `poll_ready` forwards to the inner service; `call` hands the inner future to
+/// `AsyncRecloser::call`, and the returned `recloser::RecloserFuture` is the
+/// service's future as is: no boxing, no error conversion beyond recloser's own
+/// `Error<E>`. recloser checks permission when that future is first polled and
+/// records the outcome when it completes. (The `Arc` clone per call and the
+/// crossbeam-epoch pin per poll are recloser's own API, not the adapter's.)
+#[derive(Clone)]
+struct RecloserService<S> {
+    inner: S,
+    breaker: recloser::AsyncRecloser,
+}
+
+impl<S, Req> Service<Req> for RecloserService<S>
+where
+    S: Service<Req>,
+{
+    type Response = S::Response;
+    type Error = recloser::Error<S::Error>;
+    type Future = recloser::RecloserFuture<S::Future, recloser::AnyError>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(recloser::Error::Inner)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.breaker.call(self.inner.call(req))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Row constructors
+// ---------------------------------------------------------------------------
+
+/// steadfast: trip after 5 failures in a row.
+fn steadfast_consecutive(
+) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
+    let breaker = steadfast::breaker::Breaker::builder("b")
+        .consecutive_failures(5)
+        .build()
+        .expect("valid steadfast config");
+    breaker.layer().layer(inner())
+}
+
+/// steadfast: trip at >= 50% failures over the last 100 calls.
+fn steadfast_count_window(
+) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
+    let breaker = steadfast::breaker::Breaker::builder("b")
+        .failure_rate(0.5)
+        .count_window(100)
+        .build()
+        .expect("valid steadfast config");
+    breaker.layer().layer(inner())
+}
+
+/// steadfast: trip at >= 50% failures over the last 10 s.
+fn steadfast_time_window(
+) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
+    let breaker = steadfast::breaker::Breaker::builder("b")
+        .failure_rate(0.5)
+        .time_window(Duration::from_secs(10))
+        .build()
+        .expect("valid steadfast config");
+    breaker.layer().layer(inner())
+}
+
+/// failsafe: trip after 5 failures in a row (`ConsecutiveFailures`), constant 30 s
+/// open duration.
+fn failsafe_consecutive(
+) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
+    let policy =
+        failsafe::failure_policy::consecutive_failures(5, failsafe::backoff::constant(OPEN_FOR));
+    FailsafeService {
+        inner: inner(),
+        breaker: failsafe::Config::new().failure_policy(policy).build(),
+    }
+}
+
+/// failsafe: its time-based rule, `SuccessRateOverTimeWindow`: trip when the
+/// (exponentially weighted) success rate over the last 10 s drops below 50%, once at
+/// least 5 requests were seen (failsafe's default minimum). failsafe has no count
+/// window; this is its nearest rule to a failure-rate window.
+fn failsafe_time_window(
+) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
+    let policy = failsafe::failure_policy::success_rate_over_time_window(
+        0.5,
+        5,
+        Duration::from_secs(10),
+        failsafe::backoff::constant(OPEN_FOR),
+    );
+    FailsafeService {
+        inner: inner(),
+        breaker: failsafe::Config::new().failure_policy(policy).build(),
+    }
+}
+
+/// recloser: trip at >= 50% failures over its ring buffer of the last 100 calls.
+/// recloser has only this rule (a ring buffer with an error rate), so it appears
+/// only as a count window.
+fn recloser_count_window(
+) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
+    let breaker = recloser::Recloser::custom()
+        .error_rate(0.5)
+        .closed_len(100)
+        .open_wait(OPEN_FOR)
+        .build();
+    RecloserService {
+        inner: inner(),
+        breaker: recloser::AsyncRecloser::from(breaker),
+    }
+}
+
+/// tower-resilience: `FailureModel::ConsecutiveFailures { k: 5 }`.
+///
+/// tower-resilience is tower middleware already, so no adapter: clones of its
+/// service share one circuit. Its own `call` boxes a future and takes a
+/// `tokio::sync::Mutex` twice per call (and clones the breaker's name `String` for an
+/// event on every success); that is its design, not the bench's.
+fn tower_resilience_consecutive(
+) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
+    tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+        .consecutive_failures(5)
+        .wait_duration_in_open(OPEN_FOR)
+        .build()
+        .expect("valid tower-resilience config")
+        .layer(inner())
+}
+
+/// tower-resilience: count-based window of 100 calls, 50% failure rate. (In 0.14 its
+/// count-based mode keeps running totals rather than the last 100 outcomes; the
+/// per-call cost is that of plain counters.)
+fn tower_resilience_count_window(
+) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
+    tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_type(tower_resilience_circuitbreaker::SlidingWindowType::CountBased)
+        .sliding_window_size(100)
+        .wait_duration_in_open(OPEN_FOR)
+        .build()
+        .expect("valid tower-resilience config")
+        .layer(inner())
+}
+
+/// tower-resilience: time-based sliding window of 10 s, 50% failure rate.
+///
+/// It keeps one record per call in a `VecDeque` and scans them all on every
+/// outcome, so its per-call cost grows with the calls inside the window: it depends
+/// on throughput and on how long the row has run (the window never reaches steady
+/// state within one row's 4 s). Read this row as O(n), not as a fixed figure.
+fn tower_resilience_time_window(
+) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
+    tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_type(tower_resilience_circuitbreaker::SlidingWindowType::TimeBased)
+        .sliding_window_duration(Duration::from_secs(10))
+        .wait_duration_in_open(OPEN_FOR)
+        .build()
+        .expect("valid tower-resilience config")
+        .layer(inner())
+}
+
+// ---------------------------------------------------------------------------
+// Drivers
+// ---------------------------------------------------------------------------
+
+/// Makes `iters` calls through `svc`, one after another, in the calling task.
+async fn drive<S>(svc: &mut S, iters: u64)
+where
+    S: Service<u64, Response = u64>,
+    S::Error: Debug,
+{
+    for i in 0..iters {
+        let resp = svc
+            .ready()
+            .await
+            .expect("poll_ready failed")
+            .call(black_box(i))
+            .await
+            .expect("call failed");
+        black_box(resp);
+    }
+}
+
+fn current_thread_runtime() -> Runtime {
+    Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// One task: time `iters` calls as one batch.
+fn bench_single<S>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, id: &str, svc: S)
+where
+    S: Service<u64, Response = u64> + Clone,
+    S::Error: Debug,
+{
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let mut svc = svc.clone();
+            rt.block_on(async move {
+                let start = Instant::now();
+                drive(&mut svc, iters).await;
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// Two OS threads, each on its own current-thread runtime with its own clone of
+/// `svc` (all clones share one breaker), each making `iters` calls. Returns the wall
+/// time from the first thread's start to the last thread's finish, so criterion
+/// reports time per call per thread.
+fn bench_shared<S>(group: &mut BenchmarkGroup<'_, WallTime>, rts: &[Runtime; 2], id: &str, svc: S)
+where
+    S: Service<u64, Response = u64> + Clone + Send,
+    S::Error: Debug,
+{
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let barrier = Barrier::new(rts.len());
+            let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = rts
+                    .iter()
+                    .map(|rt| {
+                        let mut svc = svc.clone();
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            barrier.wait();
+                            rt.block_on(async move {
+                                let start = Instant::now();
+                                drive(&mut svc, iters).await;
+                                (start, Instant::now())
+                            })
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("bench thread panicked"))
+                    .collect()
+            });
+            let first_start = spans.iter().map(|s| s.0).min().expect("two spans");
+            let last_end = spans.iter().map(|s| s.1).max().expect("two spans");
+            last_end - first_start
+        })
+    });
+}
+
+/// Runs `$bench` once per row, so both groups have the same rows in the same order.
+/// A macro rather than a list because every row is a different service type.
+macro_rules! rows {
+    ($bench:ident, $group:expr, $rt:expr) => {{
+        $bench($group, $rt, "bare", inner());
+        $bench(
+            $group,
+            $rt,
+            "steadfast/consecutive",
+            steadfast_consecutive(),
+        );
+        $bench(
+            $group,
+            $rt,
+            "steadfast/count_window",
+            steadfast_count_window(),
+        );
+        $bench(
+            $group,
+            $rt,
+            "steadfast/time_window",
+            steadfast_time_window(),
+        );
+        $bench($group, $rt, "failsafe/consecutive", failsafe_consecutive());
+        $bench($group, $rt, "failsafe/time_window", failsafe_time_window());
+        $bench(
+            $group,
+            $rt,
+            "recloser/count_window",
+            recloser_count_window(),
+        );
+        $bench(
+            $group,
+            $rt,
+            "tower-resilience/consecutive",
+            tower_resilience_consecutive(),
+        );
+        $bench(
+            $group,
+            $rt,
+            "tower-resilience/count_window",
+            tower_resilience_count_window(),
+        );
+        $bench(
+            $group,
+            $rt,
+            "tower-resilience/time_window",
+            tower_resilience_time_window(),
+        );
+    }};
+}
+
+fn single(c: &mut Criterion) {
+    let rt = current_thread_runtime();
+    // Build the services inside the runtime context, where tokio's clock lives.
+    let _enter = rt.enter();
+    let mut group = c.benchmark_group("breaker/single");
+    rows!(bench_single, &mut group, &rt);
+    group.finish();
+}
+
+fn shared_2_threads(c: &mut Criterion) {
+    let rts = [current_thread_runtime(), current_thread_runtime()];
+    let _enter = rts[0].enter();
+    let mut group = c.benchmark_group("breaker/shared_2_threads");
+    rows!(bench_shared, &mut group, &rts);
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    targets = single, shared_2_threads
+}
+criterion_main!(benches);

@@ -1,0 +1,464 @@
+//! [`BreakerBuilder`]: trip rules, open durations and half-open trials, checked by
+//! [`BreakerBuilder::build`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backoff::{Backoff, Jitter};
+use crate::config::{check_duration, check_rate, ConfigError};
+
+use super::Breaker;
+
+/// The consecutive-failure threshold used when no trip rule is set.
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+/// The failure rate used when no trip rule is set.
+pub const DEFAULT_FAILURE_RATE: f64 = 0.5;
+/// The count window used by a rate rule when no window is set.
+pub const DEFAULT_COUNT_WINDOW: u32 = 100;
+/// The minimum number of calls in the window before a rate rule applies.
+pub const DEFAULT_MIN_CALLS: u32 = 20;
+/// Trial calls admitted in half-open.
+pub const DEFAULT_HALF_OPEN_CALLS: u32 = 3;
+/// How long a half-open trial call may run before it counts as a failure.
+pub const DEFAULT_HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default open duration: 5 s, doubling on each trip in a row up to 60 s, with
+/// [`Jitter::Equal`] (each delay in `[d / 2, d]`).
+pub const DEFAULT_OPEN_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_secs(5), Duration::from_secs(60)).jitter(Jitter::Equal);
+
+const MAX_COUNT_WINDOW: u32 = 100_000;
+const MAX_HALF_OPEN_CALLS: u32 = 1_000;
+const MIN_TIME_WINDOW: Duration = Duration::from_millis(10);
+
+/// Where a rate rule counts its calls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum WindowKind {
+    Count(u32),
+    Time(Duration),
+}
+
+/// The rate rules and the window they share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RateRules {
+    pub(crate) window: WindowKind,
+    pub(crate) min_calls: u32,
+    pub(crate) failure_rate: Option<f64>,
+    pub(crate) slow: Option<(Duration, f64)>,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Config {
+    pub(crate) consecutive: Option<u32>,
+    pub(crate) rates: Option<RateRules>,
+    pub(crate) open_backoff: Backoff,
+    pub(crate) half_open_calls: u32,
+    pub(crate) half_open_timeout: Duration,
+    pub(crate) start_open: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            consecutive: Some(DEFAULT_CONSECUTIVE_FAILURES),
+            rates: Some(RateRules {
+                window: WindowKind::Count(DEFAULT_COUNT_WINDOW),
+                min_calls: DEFAULT_MIN_CALLS,
+                failure_rate: Some(DEFAULT_FAILURE_RATE),
+                slow: None,
+            }),
+            open_backoff: DEFAULT_OPEN_BACKOFF,
+            half_open_calls: DEFAULT_HALF_OPEN_CALLS,
+            half_open_timeout: DEFAULT_HALF_OPEN_TIMEOUT,
+            start_open: false,
+        }
+    }
+}
+
+/// Builds a [`Breaker`]; from [`Breaker::builder`].
+///
+/// # Trip rules
+///
+/// The breaker opens as soon as any rule it has holds:
+///
+/// - [`consecutive_failures(n)`](Self::consecutive_failures): `n` failures in a row;
+/// - [`failure_rate(r)`](Self::failure_rate): failures make up at least `r` of the calls
+///   in the window;
+/// - [`slow_calls(t, r)`](Self::slow_calls): calls slower than `t` make up at least `r`
+///   of the calls in the window.
+///
+/// The two rate rules share one window, the last [`count_window`](Self::count_window)
+/// calls or the calls of the last [`time_window`](Self::time_window), and apply once
+/// it holds at least [`min_calls`](Self::min_calls). Rules are checked when a call
+/// fails or is slow: a fast success never opens the breaker.
+///
+/// **Defaults.** With no trip rule set, a breaker trips after 5 consecutive failures or
+/// at a 50% failure rate over the last 100 calls (once 20 are in). Setting any trip
+/// rule replaces both defaults; the window settings alone only adjust them.
+///
+/// ```
+/// use std::time::Duration;
+/// use steadfast::backoff::Backoff;
+/// use steadfast::breaker::Breaker;
+///
+/// let breaker = Breaker::builder("payments")
+///     .consecutive_failures(3)
+///     .failure_rate(0.25)
+///     .time_window(Duration::from_secs(30))
+///     .min_calls(10)
+///     .open_backoff(Backoff::exponential(Duration::from_secs(1), Duration::from_secs(30)))
+///     .build()?;
+/// # let _ = breaker;
+/// # Ok::<(), steadfast::ConfigError>(())
+/// ```
+#[derive(Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct BreakerBuilder {
+    name: Arc<str>,
+    consecutive: Option<u32>,
+    failure_rate: Option<f64>,
+    count_window: Option<u32>,
+    time_window: Option<Duration>,
+    min_calls: Option<u32>,
+    slow: Option<(Duration, f64)>,
+    open_backoff: Backoff,
+    half_open_calls: u32,
+    half_open_timeout: Duration,
+    start_open: bool,
+}
+
+impl fmt::Debug for BreakerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerBuilder")
+            .field("name", &self.name)
+            .field("consecutive_failures", &self.consecutive)
+            .field("failure_rate", &self.failure_rate)
+            .field("count_window", &self.count_window)
+            .field("time_window", &self.time_window)
+            .field("min_calls", &self.min_calls)
+            .field("slow_calls", &self.slow)
+            .field("open_backoff", &self.open_backoff)
+            .field("half_open_calls", &self.half_open_calls)
+            .field("half_open_timeout", &self.half_open_timeout)
+            .field("start_open", &self.start_open)
+            .finish()
+    }
+}
+
+impl BreakerBuilder {
+    pub(crate) fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            consecutive: None,
+            failure_rate: None,
+            count_window: None,
+            time_window: None,
+            min_calls: None,
+            slow: None,
+            open_backoff: DEFAULT_OPEN_BACKOFF,
+            half_open_calls: DEFAULT_HALF_OPEN_CALLS,
+            half_open_timeout: DEFAULT_HALF_OPEN_TIMEOUT,
+            start_open: false,
+        }
+    }
+
+    /// Trip after `n` failures in a row (at least 1). A success resets the count.
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive = Some(n);
+        self
+    }
+
+    /// Trip when failures are at least `rate` of the calls in the window; `rate` in
+    /// `(0, 1]`.
+    pub fn failure_rate(mut self, rate: f64) -> Self {
+        self.failure_rate = Some(rate);
+        self
+    }
+
+    /// Rate rules count the last `n` calls, exactly (1 to 100,000; default 100).
+    /// Cannot be combined with [`time_window`](Self::time_window).
+    pub fn count_window(mut self, n: u32) -> Self {
+        self.count_window = Some(n);
+        self
+    }
+
+    /// Rate rules count the calls of the last `window` (10 ms to one day). The window
+    /// slides in tenths: a call is forgotten between 0.9 and 1.0 `window` after it ended.
+    pub fn time_window(mut self, window: Duration) -> Self {
+        self.time_window = Some(window);
+        self
+    }
+
+    /// Rate rules apply once the window holds at least `n` calls (default 20, or the
+    /// count window's size if smaller; at most the count window's size).
+    pub fn min_calls(mut self, n: u32) -> Self {
+        self.min_calls = Some(n);
+        self
+    }
+
+    /// Calls that take longer than `threshold` are slow; trip when slow calls are at
+    /// least `rate` of the calls in the window. A slow call still counts as a success
+    /// or failure as classified. This rule reads the clock at the start and end of
+    /// each call.
+    pub fn slow_calls(mut self, threshold: Duration, rate: f64) -> Self {
+        self.slow = Some((threshold, rate));
+        self
+    }
+
+    /// How long the breaker stays open: the `n`th delay for the `n`th trip in a row
+    /// (default [`DEFAULT_OPEN_BACKOFF`]: 5 s doubling to 60 s, equal jitter). The
+    /// count of trips in a row resets when the breaker closes.
+    pub fn open_backoff(mut self, backoff: Backoff) -> Self {
+        self.open_backoff = backoff;
+        self
+    }
+
+    /// Trial calls admitted in half-open (default 3, at most 1,000). All must succeed
+    /// for the breaker to close; one failure opens it again. Other calls are rejected.
+    pub fn half_open_calls(mut self, n: u32) -> Self {
+        self.half_open_calls = n;
+        self
+    }
+
+    /// A trial call not done after `timeout` counts as a failed trial (default 10 s):
+    /// the next call that finds no free trial reopens the breaker, so a hung trial can
+    /// never wedge it in half-open. The trial call itself is left to run.
+    pub fn half_open_timeout(mut self, timeout: Duration) -> Self {
+        self.half_open_timeout = timeout;
+        self
+    }
+
+    /// Start open, as if the downstream were known to be down: the first calls are
+    /// rejected until the first open delay has passed (or a watchdog closes it). Not
+    /// counted as a trip.
+    pub fn start_open(mut self) -> Self {
+        self.start_open = true;
+        self
+    }
+
+    /// Checks the configuration and builds the breaker.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting that cannot work: a rate outside
+    /// `(0, 1]` or NaN; a zero count, window or threshold; a count window above 100,000
+    /// or a `min_calls` above it; both a count and a time window; a window or
+    /// `min_calls` with no rate rule to use it; zero or more than 1,000 half-open
+    /// calls; a zero duration or one longer than a day; an open backoff whose base is
+    /// zero or above its max, or whose factor is below 1.
+    pub fn build(self) -> Result<Breaker, ConfigError> {
+        let config = self.config()?;
+        Ok(Breaker::from_config(self.name, config))
+    }
+
+    fn config(&self) -> Result<Config, ConfigError> {
+        if let Some(0) = self.consecutive {
+            return Err(ConfigError::new("consecutive_failures", "must be at least 1"));
+        }
+        if let Some(rate) = self.failure_rate {
+            check_rate("failure_rate", rate)?;
+        }
+        if let Some((threshold, rate)) = self.slow {
+            check_duration("slow_calls", threshold)?;
+            check_rate("slow_calls", rate)?;
+        }
+        match self.count_window {
+            Some(0) => return Err(ConfigError::new("count_window", "must be at least 1")),
+            Some(n) if n > MAX_COUNT_WINDOW => {
+                return Err(ConfigError::new(
+                    "count_window",
+                    format!("must be at most {MAX_COUNT_WINDOW}, got {n}"),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(window) = self.time_window {
+            check_duration("time_window", window)?;
+            if window < MIN_TIME_WINDOW {
+                return Err(ConfigError::new(
+                    "time_window",
+                    format!("must be at least 10ms, got {window:?}"),
+                ));
+            }
+            if self.count_window.is_some() {
+                return Err(ConfigError::new(
+                    "time_window",
+                    "cannot be combined with count_window: choose one window",
+                ));
+            }
+        }
+        if let Some(0) = self.min_calls {
+            return Err(ConfigError::new("min_calls", "must be at least 1"));
+        }
+        if self.half_open_calls == 0 {
+            return Err(ConfigError::new("half_open_calls", "must be at least 1"));
+        }
+        if self.half_open_calls > MAX_HALF_OPEN_CALLS {
+            return Err(ConfigError::new(
+                "half_open_calls",
+                format!("must be at most {MAX_HALF_OPEN_CALLS}, got {}", self.half_open_calls),
+            ));
+        }
+        check_duration("half_open_timeout", self.half_open_timeout)?;
+        self.open_backoff.validate("open_backoff", false)?;
+
+        let explicit = self.consecutive.is_some() || self.failure_rate.is_some() || self.slow.is_some();
+        let (consecutive, failure_rate) = if explicit {
+            (self.consecutive, self.failure_rate)
+        } else {
+            (Some(DEFAULT_CONSECUTIVE_FAILURES), Some(DEFAULT_FAILURE_RATE))
+        };
+        let rates = if failure_rate.is_some() || self.slow.is_some() {
+            let window = match self.time_window {
+                Some(t) => WindowKind::Time(t),
+                None => WindowKind::Count(self.count_window.unwrap_or(DEFAULT_COUNT_WINDOW)),
+            };
+            let min_calls = match (self.min_calls, window) {
+                (Some(m), WindowKind::Count(n)) if m > n => {
+                    return Err(ConfigError::new(
+                        "min_calls",
+                        format!("must not exceed count_window ({n}), got {m}"),
+                    ))
+                }
+                (Some(m), _) => m,
+                (None, WindowKind::Count(n)) => DEFAULT_MIN_CALLS.min(n),
+                (None, WindowKind::Time(_)) => DEFAULT_MIN_CALLS,
+            };
+            Some(RateRules {
+                window,
+                min_calls,
+                failure_rate,
+                slow: self.slow,
+            })
+        } else {
+            let unused = [
+                ("count_window", self.count_window.is_some()),
+                ("time_window", self.time_window.is_some()),
+                ("min_calls", self.min_calls.is_some()),
+            ];
+            if let Some((field, _)) = unused.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::new(
+                    field,
+                    "has no effect without failure_rate or slow_calls",
+                ));
+            }
+            None
+        };
+        Ok(Config {
+            consecutive,
+            rates,
+            open_backoff: self.open_backoff,
+            half_open_calls: self.half_open_calls,
+            half_open_timeout: self.half_open_timeout,
+            start_open: self.start_open,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b() -> BreakerBuilder {
+        BreakerBuilder::new("t".into())
+    }
+
+    #[test]
+    fn no_rule_means_defaults() {
+        assert_eq!(b().config().unwrap(), Config::default());
+    }
+
+    #[test]
+    fn window_settings_alone_adjust_the_defaults() {
+        let c = b().count_window(10).config().unwrap();
+        assert_eq!(c.consecutive, Some(DEFAULT_CONSECUTIVE_FAILURES));
+        let r = c.rates.unwrap();
+        assert_eq!((r.window, r.min_calls), (WindowKind::Count(10), 10));
+    }
+
+    #[test]
+    fn any_rule_replaces_the_defaults() {
+        let c = b().consecutive_failures(2).config().unwrap();
+        assert_eq!((c.consecutive, c.rates), (Some(2), None));
+        let c = b().failure_rate(0.3).config().unwrap();
+        assert_eq!(c.consecutive, None);
+        assert_eq!(c.rates.unwrap().failure_rate, Some(0.3));
+        let c = b().slow_calls(Duration::from_secs(1), 0.5).config().unwrap();
+        assert_eq!(c.consecutive, None);
+        assert_eq!(c.rates.unwrap().failure_rate, None);
+    }
+
+    #[test]
+    fn every_bad_value_is_a_config_error() {
+        let ms = Duration::from_millis;
+        let day = Duration::from_secs(86_400);
+        let exp = Backoff::exponential;
+        #[rustfmt::skip]
+        let cases: Vec<(BreakerBuilder, &str)> = vec![
+            (b().consecutive_failures(0), "consecutive_failures"),
+            (b().failure_rate(0.0), "failure_rate"),
+            (b().failure_rate(-0.1), "failure_rate"),
+            (b().failure_rate(1.01), "failure_rate"),
+            (b().failure_rate(f64::NAN), "failure_rate"),
+            (b().failure_rate(f64::INFINITY), "failure_rate"),
+            (b().slow_calls(ms(100), 0.0), "slow_calls"),
+            (b().slow_calls(ms(100), f64::NAN), "slow_calls"),
+            (b().slow_calls(Duration::ZERO, 0.5), "slow_calls"),
+            (b().slow_calls(day * 2, 0.5), "slow_calls"),
+            (b().count_window(0), "count_window"),
+            (b().count_window(100_001), "count_window"),
+            (b().time_window(Duration::ZERO), "time_window"),
+            (b().time_window(ms(9)), "time_window"),
+            (b().time_window(day + ms(1)), "time_window"),
+            (b().count_window(10).time_window(ms(100)), "time_window"),
+            (b().min_calls(0), "min_calls"),
+            (b().count_window(10).min_calls(11), "min_calls"),
+            (b().failure_rate(0.5).count_window(10).min_calls(11), "min_calls"),
+            (b().consecutive_failures(3).count_window(10), "count_window"),
+            (b().consecutive_failures(3).time_window(ms(100)), "time_window"),
+            (b().consecutive_failures(3).min_calls(5), "min_calls"),
+            (b().half_open_calls(0), "half_open_calls"),
+            (b().half_open_calls(1_001), "half_open_calls"),
+            (b().half_open_timeout(Duration::ZERO), "half_open_timeout"),
+            (b().half_open_timeout(day * 7), "half_open_timeout"),
+            (b().open_backoff(exp(ms(10), ms(5))), "open_backoff"),
+            (b().open_backoff(exp(Duration::ZERO, ms(5))), "open_backoff"),
+            (b().open_backoff(exp(ms(1), ms(5)).factor(0.5)), "open_backoff"),
+            (b().open_backoff(exp(ms(1), ms(5)).factor(f64::NAN)), "open_backoff"),
+            (b().open_backoff(Backoff::constant(Duration::ZERO)), "open_backoff"),
+            (b().open_backoff(Backoff::constant(day * 2)), "open_backoff"),
+        ];
+        for (builder, field) in cases {
+            let debug = format!("{builder:?}");
+            match builder.build() {
+                Err(e) => {
+                    assert_eq!(e.field(), field, "{debug}: {e}");
+                    assert!(e.to_string().contains(field), "{e}");
+                }
+                Ok(_) => panic!("accepted: {debug}"),
+            }
+        }
+    }
+
+    #[test]
+    fn edges_are_accepted() {
+        let ms = Duration::from_millis;
+        let day = Duration::from_secs(86_400);
+        for builder in [
+            b().failure_rate(1.0),
+            b().failure_rate(f64::MIN_POSITIVE),
+            b().count_window(1).min_calls(1),
+            b().count_window(100_000).min_calls(100_000),
+            b().time_window(ms(10)),
+            b().time_window(day),
+            b().half_open_calls(1_000),
+            b().half_open_timeout(day),
+            b().open_backoff(Backoff::constant(day)),
+            b().failure_rate(0.5).time_window(ms(100)).min_calls(1_000_000),
+        ] {
+            let debug = format!("{builder:?}");
+            assert!(builder.build().is_ok(), "{debug}");
+        }
+    }
+}

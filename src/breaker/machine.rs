@@ -1,0 +1,687 @@
+//! The state machine shared by every clone of a breaker.
+//!
+//! # Layout
+//!
+//! The hot state is one `AtomicU64` word: the state kind, the half-open permits taken
+//! and trials succeeded, and an epoch that changes on every transition. A call in the
+//! closed state reads the word once to be admitted; its outcome is counted only if the
+//! epoch is still the one it was admitted in, so a call that started before a trip can
+//! never move a breaker that has since reopened or closed again.
+//!
+//! Transitions are rare and go through a mutex, which makes each one happen exactly
+//! once (one event, one `watch` update) however many threads see the cause at the same
+//! time. Half-open permits are taken and given back lock-free with compare-exchange.
+//!
+//! Cumulative counters are striped over cache-padded shards picked by thread, so two
+//! threads sharing one breaker do not bounce a cache line on every call. A response
+//! future holds an `Arc` of its shard rather than of the shared state for the same reason.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::builder::{Config, WindowKind};
+use super::window::{CountWindow, TimeWindow, Totals};
+use super::State;
+use crate::backoff;
+use crate::Outcome;
+
+// --- the state word --------------------------------------------------------------------
+
+const KIND_BITS: u32 = 4;
+const PERMIT_BITS: u32 = 14;
+const PERMIT_MASK: u64 = (1 << PERMIT_BITS) - 1;
+const ADMITTED_SHIFT: u32 = KIND_BITS;
+const SUCCEEDED_SHIFT: u32 = KIND_BITS + PERMIT_BITS;
+const EPOCH_SHIFT: u32 = 32;
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const FORCED_OPEN: u64 = 3;
+const FORCED_CLOSED: u64 = 4;
+
+/// A decoded copy of the state word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Word(u64);
+
+impl Word {
+    fn new(kind: u64, epoch: u32) -> Self {
+        Word(kind | u64::from(epoch) << EPOCH_SHIFT)
+    }
+    fn kind(self) -> u64 {
+        self.0 & ((1 << KIND_BITS) - 1)
+    }
+    fn epoch(self) -> u32 {
+        (self.0 >> EPOCH_SHIFT) as u32
+    }
+    fn admitted(self) -> u32 {
+        ((self.0 >> ADMITTED_SHIFT) & PERMIT_MASK) as u32
+    }
+    fn succeeded(self) -> u32 {
+        ((self.0 >> SUCCEEDED_SHIFT) & PERMIT_MASK) as u32
+    }
+    fn with_admitted(self, n: u32) -> Self {
+        Word(self.0 & !(PERMIT_MASK << ADMITTED_SHIFT) | u64::from(n) << ADMITTED_SHIFT)
+    }
+    fn with_succeeded(self, n: u32) -> Self {
+        Word(self.0 & !(PERMIT_MASK << SUCCEEDED_SHIFT) | u64::from(n) << SUCCEEDED_SHIFT)
+    }
+    fn state(self) -> State {
+        match self.kind() {
+            CLOSED => State::Closed,
+            OPEN => State::Open,
+            HALF_OPEN => State::HalfOpen,
+            FORCED_OPEN => State::ForcedOpen,
+            _ => State::ForcedClosed,
+        }
+    }
+}
+
+fn kind_of(state: State) -> u64 {
+    match state {
+        State::Closed => CLOSED,
+        State::Open => OPEN,
+        State::HalfOpen => HALF_OPEN,
+        State::ForcedOpen => FORCED_OPEN,
+        State::ForcedClosed => FORCED_CLOSED,
+    }
+}
+
+// --- admission ---------------------------------------------------------------------------
+
+/// What the breaker decided for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Closed (or forced closed): the call goes through and is counted.
+    Pass { epoch: u32 },
+    /// Half-open: the call goes through as one of the trials.
+    Trial { epoch: u32 },
+    /// Open: rejected, with a hint of when to try again.
+    Reject { retry_after: Option<Duration> },
+}
+
+/// Why a transition happened; the `reason` field of the transition event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    ConsecutiveFailures,
+    FailureRate,
+    SlowCallRate,
+    OpenElapsed,
+    TrialsSucceeded,
+    TrialFailed,
+    TrialTimedOut,
+    Forced,
+    Reset,
+}
+
+impl Reason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Reason::ConsecutiveFailures => "consecutive failures",
+            Reason::FailureRate => "failure rate",
+            Reason::SlowCallRate => "slow call rate",
+            Reason::OpenElapsed => "open delay elapsed",
+            Reason::TrialsSucceeded => "trial calls succeeded",
+            Reason::TrialFailed => "trial call failed",
+            Reason::TrialTimedOut => "trial call timed out",
+            Reason::Forced => "forced",
+            Reason::Reset => "reset",
+        }
+    }
+}
+
+// --- counters ----------------------------------------------------------------------------
+
+/// One stripe of the cumulative counters, with a handle on the shared state.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Shard {
+    pub(crate) shared: Arc<Shared>,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    ignored: AtomicU64,
+    slow: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl Shard {
+    #[inline]
+    fn count(&self, outcome: Outcome, slow: bool) {
+        let counter = match outcome {
+            Outcome::Success => &self.successes,
+            Outcome::Failure => &self.failures,
+            Outcome::Ignored => &self.ignored,
+        };
+        counter.fetch_add(1, Relaxed);
+        if slow {
+            self.slow.fetch_add(1, Relaxed);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn count_rejected(&self) {
+        self.rejected.fetch_add(1, Relaxed);
+    }
+}
+
+/// Cumulative totals summed over the shards.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counts {
+    pub(crate) successes: u64,
+    pub(crate) failures: u64,
+    pub(crate) ignored: u64,
+    pub(crate) slow: u64,
+    pub(crate) rejected: u64,
+}
+
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Relaxed);
+    }
+    SLOT.try_with(|s| *s).unwrap_or(0)
+}
+
+// --- the shared state --------------------------------------------------------------------
+
+enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+/// State touched only by transitions, under the mutex.
+struct Slow {
+    open_delays: backoff::Iter,
+}
+
+pub(crate) struct Shared {
+    state: AtomicU64,
+    consecutive: AtomicU32,
+    /// Nanoseconds since `start` at which an open breaker may go half-open.
+    open_until: AtomicU64,
+    /// Nanoseconds since `start` after which the youngest trial is overdue.
+    trial_deadline: AtomicU64,
+    window: Option<Window>,
+    config: Config,
+    /// Whether a call's end must be timed (a time window or a slow-call rule).
+    pub(crate) time_end: bool,
+    /// The slow-call threshold, when a call's start must be timed.
+    pub(crate) slow_threshold: Option<Duration>,
+    start: Instant,
+    pub(crate) name: Arc<str>,
+    trips: AtomicU64,
+    slow_path: Mutex<Slow>,
+    watch: watch::Sender<State>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a [`Breaker`](super::Breaker) handle owns: the shared state and the
+/// counter shards (which point back at the shared state, never the other way).
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) shared: Arc<Shared>,
+    shards: Box<[Arc<Shard>]>,
+}
+
+impl Core {
+    pub(crate) fn new(name: Arc<str>, config: Config) -> Self {
+        let start = Instant::now();
+        let mut open_delays = config.open_backoff.iter();
+        let (kind, open_until) = if config.start_open {
+            (OPEN, nanos(open_delays.next().unwrap_or_default()))
+        } else {
+            (CLOSED, 0)
+        };
+        let initial = Word::new(kind, 0);
+        let (window, slow_threshold) = match config.rates {
+            Some(r) => {
+                let window = match r.window {
+                    WindowKind::Count(n) => Window::Count(CountWindow::new(n, r.slow.is_some())),
+                    WindowKind::Time(t) => Window::Time(TimeWindow::new(t)),
+                };
+                (Some(window), r.slow.map(|(t, _)| t))
+            }
+            None => (None, None),
+        };
+        let time_end = slow_threshold.is_some() || matches!(window, Some(Window::Time(_)));
+        let shared = Arc::new(Shared {
+            state: AtomicU64::new(initial.0),
+            consecutive: AtomicU32::new(0),
+            open_until: AtomicU64::new(open_until),
+            trial_deadline: AtomicU64::new(0),
+            window,
+            time_end,
+            slow_threshold,
+            start,
+            name,
+            trips: AtomicU64::new(0),
+            slow_path: Mutex::new(Slow { open_delays }),
+            watch: watch::channel(initial.state()).0,
+            config,
+        });
+        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let shards = (parallelism * 4).next_power_of_two().min(64);
+        let shards = (0..shards)
+            .map(|_| {
+                Arc::new(Shard {
+                    shared: shared.clone(),
+                    successes: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                    ignored: AtomicU64::new(0),
+                    slow: AtomicU64::new(0),
+                    rejected: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        Self { shared, shards }
+    }
+
+    /// The shard for the calling thread.
+    #[inline]
+    pub(crate) fn shard(&self) -> &Arc<Shard> {
+        &self.shards[thread_slot() & (self.shards.len() - 1)]
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        self.shards.iter().fold(Counts::default(), |c, s| Counts {
+            successes: c.successes + s.successes.load(Relaxed),
+            failures: c.failures + s.failures.load(Relaxed),
+            ignored: c.ignored + s.ignored.load(Relaxed),
+            slow: c.slow + s.slow.load(Relaxed),
+            rejected: c.rejected + s.rejected.load(Relaxed),
+        })
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Shared {
+    fn word(&self) -> Word {
+        Word(self.state.load(Acquire))
+    }
+
+    pub(crate) fn state(&self) -> State {
+        self.word().state()
+    }
+
+    fn now(&self) -> u64 {
+        nanos(Instant::now().saturating_duration_since(self.start))
+    }
+
+    pub(crate) fn trips(&self) -> u64 {
+        self.trips.load(Relaxed)
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<State> {
+        self.watch.subscribe()
+    }
+
+    /// Time left before an open breaker may go half-open; `None` unless open.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        (self.word().kind() == OPEN).then(|| {
+            let until = self.open_until.load(Acquire);
+            Duration::from_nanos(until.saturating_sub(self.now()))
+        })
+    }
+
+    /// The failure rate of the current window, if there is a window.
+    pub(crate) fn window_totals(&self) -> Option<Totals> {
+        match self.window.as_ref()? {
+            Window::Count(w) => Some(w.totals()),
+            Window::Time(w) => Some(w.totals(w.tick(self.now()))),
+        }
+    }
+
+    // --- admission ---------------------------------------------------------------------
+
+    /// Decides whether a call may go through now.
+    #[inline]
+    pub(crate) fn admit(&self) -> Admission {
+        let word = self.word();
+        match word.kind() {
+            CLOSED | FORCED_CLOSED => Admission::Pass {
+                epoch: word.epoch(),
+            },
+            _ => self.admit_slow(word),
+        }
+    }
+
+    /// Whether an earlier `Pass` admission is still current (no transition since).
+    #[inline]
+    pub(crate) fn is_current(&self, epoch: u32) -> bool {
+        self.word().epoch() == epoch
+    }
+
+    #[cold]
+    fn admit_slow(&self, mut word: Word) -> Admission {
+        loop {
+            match word.kind() {
+                CLOSED | FORCED_CLOSED => {
+                    return Admission::Pass {
+                        epoch: word.epoch(),
+                    }
+                }
+                FORCED_OPEN => return Admission::Reject { retry_after: None },
+                OPEN => {
+                    let now = self.now();
+                    let until = self.open_until.load(Acquire);
+                    if now < until {
+                        return Admission::Reject {
+                            retry_after: Some(Duration::from_nanos(until - now)),
+                        };
+                    }
+                    if let Some(admission) = self.to_half_open(word, now) {
+                        return admission;
+                    }
+                }
+                _ => {
+                    if let Some(admission) = self.take_trial(word) {
+                        return admission;
+                    }
+                }
+            }
+            word = self.word();
+        }
+    }
+
+    /// Takes a trial permit in half-open. `None` when the state moved on meanwhile.
+    fn take_trial(&self, mut word: Word) -> Option<Admission> {
+        let now = self.now();
+        let limit = self.config.half_open_calls;
+        loop {
+            if word.kind() != HALF_OPEN {
+                return None;
+            }
+            if word.admitted() < limit {
+                // Set the deadline first: a late deadline only delays timeout detection.
+                let deadline = now.saturating_add(nanos(self.config.half_open_timeout));
+                self.trial_deadline.fetch_max(deadline, AcqRel);
+                let next = word.with_admitted(word.admitted() + 1);
+                match self.state.compare_exchange_weak(word.0, next.0, AcqRel, Acquire) {
+                    Ok(_) => {
+                        return Some(Admission::Trial {
+                            epoch: word.epoch(),
+                        })
+                    }
+                    Err(actual) => word = Word(actual),
+                }
+            } else if word.succeeded() < word.admitted()
+                && now >= self.trial_deadline.load(Acquire)
+            {
+                // Every permit is out and the youngest trial is overdue: it failed.
+                self.reopen(word.epoch(), HALF_OPEN, Reason::TrialTimedOut);
+                return None;
+            } else {
+                return Some(Admission::Reject { retry_after: None });
+            }
+        }
+    }
+
+    // --- outcomes ----------------------------------------------------------------------
+
+    /// Counts an admitted call's outcome in the rules; may trip the breaker.
+    #[inline]
+    fn record(&self, epoch: u32, outcome: Outcome, slow: bool, end: Option<Instant>) {
+        let word = self.word();
+        if outcome == Outcome::Ignored || word.epoch() != epoch || word.kind() != CLOSED {
+            return;
+        }
+        let failed = outcome == Outcome::Failure;
+        let mut reason = None;
+        if let Some(threshold) = self.config.consecutive {
+            if failed {
+                if self.consecutive.fetch_add(1, Relaxed) + 1 >= threshold {
+                    reason = Some(Reason::ConsecutiveFailures);
+                }
+            } else if self.consecutive.load(Relaxed) != 0 {
+                self.consecutive.store(0, Relaxed);
+            }
+        }
+        let totals = match &self.window {
+            None => None,
+            Some(Window::Count(w)) => w.record(failed, slow),
+            Some(Window::Time(w)) => {
+                let now = end.map_or_else(|| self.now(), |end| nanos(end - self.start));
+                w.record(failed, slow, w.tick(now))
+            }
+        };
+        if let (Some(totals), Some(rules)) = (totals, self.config.rates) {
+            if totals.calls >= u64::from(rules.min_calls) {
+                let rate = |n: u64| n as f64 / totals.calls as f64;
+                if rules.failure_rate.is_some_and(|r| rate(totals.failures) >= r) {
+                    reason = reason.or(Some(Reason::FailureRate));
+                } else if rules.slow.is_some_and(|(_, r)| rate(totals.slow) >= r) {
+                    reason = reason.or(Some(Reason::SlowCallRate));
+                }
+            }
+        }
+        if let Some(reason) = reason {
+            self.reopen(epoch, CLOSED, reason);
+        }
+    }
+
+    /// A trial succeeded: count it, and close once all have.
+    fn trial_succeeded(&self, epoch: u32) {
+        let mut word = self.word();
+        loop {
+            if word.epoch() != epoch || word.kind() != HALF_OPEN {
+                return;
+            }
+            let next = word.with_succeeded(word.succeeded() + 1);
+            match self.state.compare_exchange_weak(word.0, next.0, AcqRel, Acquire) {
+                Ok(_) => break,
+                Err(actual) => word = Word(actual),
+            }
+        }
+        if word.succeeded() + 1 >= self.config.half_open_calls {
+            let mut slow = self.lock();
+            let word = self.word();
+            if word.epoch() == epoch
+                && word.kind() == HALF_OPEN
+                && word.succeeded() >= self.config.half_open_calls
+            {
+                self.close(&mut slow, word, CLOSED, Reason::TrialsSucceeded);
+            }
+        }
+    }
+
+    /// A trial was dropped or ignored: give its permit back, counting nothing.
+    fn release_trial(&self, epoch: u32) {
+        let mut word = self.word();
+        loop {
+            if word.epoch() != epoch || word.kind() != HALF_OPEN || word.admitted() == 0 {
+                return;
+            }
+            let next = word.with_admitted(word.admitted() - 1);
+            match self.state.compare_exchange_weak(word.0, next.0, AcqRel, Acquire) {
+                Ok(_) => return,
+                Err(actual) => word = Word(actual),
+            }
+        }
+    }
+
+    // --- transitions -------------------------------------------------------------------
+
+    fn lock(&self) -> MutexGuard<'_, Slow> {
+        // Nothing under this lock can leave the state inconsistent if it panics.
+        self.slow_path.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Installs `next` over `expected`, retrying while only the permit counts change.
+    /// Must hold the lock: every other writer of the word holds it, or only changes
+    /// permits, so the epoch cannot move under us.
+    fn install(&self, mut expected: Word, next: Word) {
+        while let Err(actual) =
+            self.state
+                .compare_exchange_weak(expected.0, next.0, AcqRel, Acquire)
+        {
+            expected = Word(actual);
+        }
+    }
+
+    fn announce(&self, from: State, to: State, reason: Reason) {
+        self.watch.send_replace(to);
+        super::event::transition(&self.name, from, to, reason.as_str());
+    }
+
+    /// Opens the breaker if it is still in `from` at `epoch`.
+    fn reopen(&self, epoch: u32, from: u64, reason: Reason) {
+        let mut slow = self.lock();
+        let word = self.word();
+        if word.epoch() != epoch || word.kind() != from {
+            return;
+        }
+        let delay = slow.open_delays.next().unwrap_or_default();
+        self.open_until
+            .store(self.now().saturating_add(nanos(delay)), Release);
+        let next = Word::new(OPEN, epoch.wrapping_add(1));
+        self.install(word, next);
+        self.trips.fetch_add(1, Relaxed);
+        self.announce(word.state(), State::Open, reason);
+    }
+
+    /// Open -> half-open after the open delay; the caller gets the first trial.
+    fn to_half_open(&self, word: Word, now: u64) -> Option<Admission> {
+        let _slow = self.lock();
+        if self.word() != word {
+            return None;
+        }
+        let epoch = word.epoch().wrapping_add(1);
+        let deadline = now.saturating_add(nanos(self.config.half_open_timeout));
+        self.trial_deadline.store(deadline, Release);
+        self.install(word, Word::new(HALF_OPEN, epoch).with_admitted(1));
+        self.announce(State::Open, State::HalfOpen, Reason::OpenElapsed);
+        Some(Admission::Trial { epoch })
+    }
+
+    /// Moves to a closed kind with fresh rules and a fresh open backoff.
+    fn close(&self, slow: &mut Slow, word: Word, kind: u64, reason: Reason) {
+        self.consecutive.store(0, Relaxed);
+        match &self.window {
+            Some(Window::Count(w)) => w.reset(),
+            Some(Window::Time(w)) => w.reset(),
+            None => {}
+        }
+        slow.open_delays.reset();
+        let next = Word::new(kind, word.epoch().wrapping_add(1));
+        self.install(word, next);
+        self.announce(word.state(), next.state(), reason);
+    }
+
+    /// `force_open`, `force_closed` and `reset`.
+    pub(crate) fn set(&self, to: State) {
+        let mut slow = self.lock();
+        let word = self.word();
+        let kind = kind_of(to);
+        let reason = if to == State::Closed {
+            Reason::Reset
+        } else {
+            Reason::Forced
+        };
+        if kind == CLOSED {
+            // Reset always starts over, even from closed, but only a change is announced.
+            if word.kind() == CLOSED {
+                self.consecutive.store(0, Relaxed);
+                match &self.window {
+                    Some(Window::Count(w)) => w.reset(),
+                    Some(Window::Time(w)) => w.reset(),
+                    None => {}
+                }
+                slow.open_delays.reset();
+            } else {
+                self.close(&mut slow, word, CLOSED, reason);
+            }
+        } else if word.kind() != kind {
+            let next = Word::new(kind, word.epoch().wrapping_add(1));
+            self.install(word, next);
+            self.announce(word.state(), to, reason);
+        }
+    }
+}
+
+// --- the per-call recorder ---------------------------------------------------------------
+
+/// Carried by a response future from admission to outcome. Dropping it before
+/// [`Recorder::finish`] gives a trial permit back and counts nothing.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    shard: Arc<Shard>,
+    epoch: u32,
+    trial: bool,
+    start: Option<Instant>,
+    done: bool,
+}
+
+impl Recorder {
+    #[inline]
+    pub(crate) fn new(shard: Arc<Shard>, admission: Admission) -> Option<Self> {
+        let (epoch, trial) = match admission {
+            Admission::Pass { epoch } => (epoch, false),
+            Admission::Trial { epoch } => (epoch, true),
+            Admission::Reject { .. } => return None,
+        };
+        let start = shard.shared.slow_threshold.map(|_| Instant::now());
+        Some(Self {
+            shard,
+            epoch,
+            trial,
+            start,
+            done: false,
+        })
+    }
+
+    /// Restarts the call's clock (a trial permit is taken before its call starts).
+    #[inline]
+    pub(crate) fn restart(&mut self) {
+        if self.start.is_some() {
+            self.start = Some(Instant::now());
+        }
+    }
+
+    /// Counts the call's outcome.
+    #[inline]
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.done = true;
+        let shared = &*self.shard.shared;
+        let end = shared.time_end.then(Instant::now);
+        let slow = match (self.start, shared.slow_threshold, end) {
+            (Some(start), Some(threshold), Some(end)) => {
+                outcome != Outcome::Ignored && end - start > threshold
+            }
+            _ => false,
+        };
+        self.shard.count(outcome, slow);
+        if self.trial {
+            match outcome {
+                Outcome::Success if !slow => shared.trial_succeeded(self.epoch),
+                Outcome::Ignored => shared.release_trial(self.epoch),
+                _ => shared.reopen(self.epoch, HALF_OPEN, Reason::TrialFailed),
+            }
+        } else {
+            shared.record(self.epoch, outcome, slow, end);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if self.trial && !self.done {
+            self.shard.shared.release_trial(self.epoch);
+        }
+    }
+}
+
