@@ -1,0 +1,299 @@
+//! Trip rules: each trips exactly at its threshold and not one call before.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::*;
+use steadfast::backoff::Backoff;
+use steadfast::breaker::{Breaker, State};
+
+fn builder() -> steadfast::breaker::BreakerBuilder {
+    Breaker::builder("rules").open_backoff(Backoff::constant(secs(10)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_trip_at_the_threshold() {
+    let breaker = builder().consecutive_failures(3).build().unwrap();
+    let (mut svc, reached) = guarded(&breaker);
+
+    // Two failures, a success: the run of failures starts over.
+    assert_eq!(calls(&mut svc, 2, || Req::Err).await, [Seen::Failed, Seen::Failed]);
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok);
+    assert_eq!(calls(&mut svc, 2, || Req::Err).await, [Seen::Failed, Seen::Failed]);
+    assert_eq!(breaker.state(), State::Closed);
+
+    assert_eq!(call(&mut svc, Req::Err).await, Seen::Failed);
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(Some(secs(10))));
+    assert_eq!(reached.load(Ordering::SeqCst), 6);
+    assert_eq!(breaker.snapshot().trips, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn count_window_slides() {
+    // 1,000 successes, then 5 failures trip a 50% rule over the last 10 calls.
+    let breaker = builder().failure_rate(0.5).count_window(10).build().unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    calls(&mut svc, 1000, || Req::Ok).await;
+    calls(&mut svc, 4, || Req::Err).await;
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.snapshot().failure_rate, Some(0.4));
+
+    call(&mut svc, Req::Err).await;
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(breaker.snapshot().failure_rate, Some(0.5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn count_window_drops_failures_that_slid_out() {
+    let breaker = builder().failure_rate(0.5).count_window(10).build().unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    // 4 failures, then 10 successes push them out of the window.
+    calls(&mut svc, 4, || Req::Err).await;
+    calls(&mut svc, 10, || Req::Ok).await;
+    assert_eq!(breaker.snapshot().failure_rate, Some(0.0));
+    // 4 more failures make 4 of the last 10: still closed. A window that never
+    // dropped old calls would hold 8 of 18 here, and trip at the next.
+    calls(&mut svc, 4, || Req::Err).await;
+    call(&mut svc, Req::Ok).await;
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.snapshot().failure_rate, Some(0.4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_calls_holds_a_rate_rule_back() {
+    let breaker = builder()
+        .failure_rate(0.5)
+        .count_window(10)
+        .min_calls(5)
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    // 100% failures, but only 4 calls.
+    calls(&mut svc, 4, || Req::Err).await;
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::Err).await;
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_never_trips() {
+    // At the 6th call the rate is 5/6 with min_calls met, but it was a success.
+    let breaker = builder()
+        .failure_rate(0.5)
+        .count_window(10)
+        .min_calls(6)
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    calls(&mut svc, 5, || Req::Err).await;
+    call(&mut svc, Req::Ok).await;
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::Err).await;
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_forgets_old_failures() {
+    let breaker = builder()
+        .failure_rate(0.5)
+        .time_window(secs(10))
+        .min_calls(4)
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    calls(&mut svc, 3, || Req::Err).await;
+    call(&mut svc, Req::Ok).await;
+    assert_eq!(breaker.state(), State::Closed);
+
+    tokio::time::advance(secs(10)).await;
+    // The 4 calls of 10 s ago are gone: a failure now is 1 call of 1, below min_calls.
+    // With them still counted it would be 4 failures of 5 and trip.
+    call(&mut svc, Req::Err).await;
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.snapshot().failure_rate, Some(1.0));
+    call(&mut svc, Req::Ok).await;
+    call(&mut svc, Req::Err).await;
+    assert_eq!(breaker.state(), State::Closed);
+
+    // Still inside the window: 3 failures of 4 trips.
+    tokio::time::advance(secs(5)).await;
+    call(&mut svc, Req::Err).await;
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_trips_exactly_at_the_rate() {
+    let breaker = builder()
+        .failure_rate(0.5)
+        .time_window(secs(60))
+        .min_calls(10)
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    for _ in 0..6 {
+        call(&mut svc, Req::Ok).await;
+        tokio::time::advance(secs(1)).await;
+    }
+    for _ in 0..5 {
+        call(&mut svc, Req::Err).await;
+        tokio::time::advance(secs(1)).await;
+    }
+    // 5 of 11.
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::Err).await;
+    // 6 of 12.
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_trip_the_slow_rule() {
+    let breaker = builder()
+        .slow_calls(ms(100), 0.5)
+        .count_window(4)
+        .min_calls(4)
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    call(&mut svc, Req::Ok).await;
+    call(&mut svc, Req::After(ms(100), true)).await; // exactly the threshold: not slow
+    call(&mut svc, Req::After(ms(101), true)).await; // slow, 3 calls: below min_calls
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.snapshot().slow, 1);
+    // Slow successes: 2 of 4.
+    assert_eq!(call(&mut svc, Req::After(secs(1), true)).await, Seen::Ok);
+    assert_eq!(breaker.state(), State::Open);
+    let snap = breaker.snapshot();
+    assert_eq!((snap.slow, snap.successes, snap.failures), (2, 4, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_rule_combines_with_failure_rate() {
+    let breaker = builder()
+        .failure_rate(0.75)
+        .slow_calls(ms(50), 0.75)
+        .time_window(secs(10))
+        .min_calls(4)
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    // 2 failures + 1 slow success + 1 fast success: neither rate reaches 75%.
+    call(&mut svc, Req::Err).await;
+    call(&mut svc, Req::Err).await;
+    call(&mut svc, Req::After(ms(60), true)).await;
+    call(&mut svc, Req::Ok).await;
+    assert_eq!(breaker.state(), State::Closed);
+    // A slow failure: 3 of 5 failed, 2 of 5 slow.
+    call(&mut svc, Req::After(ms(60), false)).await;
+    assert_eq!(breaker.state(), State::Closed);
+    // 3 more slow failures: failures 6 of 8 = 75%.
+    calls(&mut svc, 2, || Req::After(ms(60), false)).await;
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::After(ms(60), false)).await;
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignored_outcomes_are_not_counted() {
+    let breaker = builder().consecutive_failures(2).build().unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    call(&mut svc, Req::Err).await;
+    // Ignored calls neither count as failures nor break the run of failures.
+    calls(&mut svc, 10, || Req::Ignore).await;
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::Err).await;
+    assert_eq!(breaker.state(), State::Open);
+    let snap = breaker.snapshot();
+    assert_eq!(
+        (snap.calls, snap.successes, snap.failures, snap.ignored),
+        (12, 0, 2, 10)
+    );
+
+    let breaker = builder()
+        .failure_rate(0.5)
+        .count_window(4)
+        .min_calls(4)
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    calls(&mut svc, 3, || Req::Err).await;
+    calls(&mut svc, 50, || Req::Ignore).await;
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.snapshot().failure_rate, Some(1.0));
+    call(&mut svc, Req::Err).await;
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn any_rule_that_holds_opens() {
+    // The rate rule trips while the consecutive rule is far from it.
+    let breaker = builder()
+        .consecutive_failures(10)
+        .failure_rate(0.5)
+        .count_window(4)
+        .min_calls(4)
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    for req in [Req::Ok, Req::Err, Req::Ok] {
+        call(&mut svc, req).await;
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::Err).await;
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn defaults_trip_after_five_failures_in_a_row() {
+    let breaker = Breaker::new("defaults");
+    let (mut svc, _) = guarded(&breaker);
+    calls(&mut svc, 4, || Req::Err).await;
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::Err).await;
+    assert_eq!(breaker.state(), State::Open);
+    // Default open delay: 5 s with equal jitter, so in [2.5 s, 5 s].
+    let after = breaker.snapshot().retry_after.unwrap();
+    assert!(after >= ms(2500) && after <= secs(5), "{after:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn defaults_trip_on_a_half_failing_downstream() {
+    // Alternating failures never make 5 in a row, but reach 50% once 20 calls are in.
+    let breaker = Breaker::new("defaults");
+    let (mut svc, _) = guarded(&breaker);
+    for i in 0..19 {
+        call(&mut svc, if i % 2 == 0 { Req::Err } else { Req::Ok }).await;
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::Ok).await; // 20 calls, 10 failures: but a success never trips
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::Err).await; // 11 of 21
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_from_before_a_trip_does_not_count_after_it() {
+    let breaker = builder()
+        .consecutive_failures(2)
+        .half_open_calls(1)
+        .open_backoff(Backoff::constant(secs(1)))
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    let (mut late, _) = guarded(&breaker);
+    // A slow call starts while closed and fails only at 5 s.
+    let slow = tokio::spawn(async move { call(&mut late, Req::After(secs(5), false)).await });
+    tokio::task::yield_now().await;
+    calls(&mut svc, 2, || Req::Err).await;
+    assert_eq!(breaker.state(), State::Open);
+    tokio::time::advance(secs(1)).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok); // the trial closes it
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::Err).await; // one failure of two in a row
+    assert_eq!(slow.await.unwrap(), Seen::Failed);
+    // Counting the old call would make two in a row and trip again.
+    assert_eq!(breaker.state(), State::Closed);
+    let snap = breaker.snapshot();
+    assert_eq!((snap.trips, snap.failures), (1, 4));
+}
