@@ -5,8 +5,8 @@
 //! ```
 //!
 //! A fake downstream (a `tower::service_fn`) follows a script: up for 3 s, down (every
-//! call fails with "connection refused") until 6 s, then up again. A client calls it
-//! every 100 ms for 10 s through `ServiceBuilder::new().layer(breaker.layer())`, with a
+//! call fails with "connection refused") until 5 s, then up again. A client calls it
+//! every 100 ms for 8 s through `ServiceBuilder::new().layer(breaker.layer())`, with a
 //! breaker that trips after 3 failures in a row, stays open 1 s then 2 s then 4 s ...
 //! (up to 8 s, with seeded jitter) on trips in a row, and closes after 2 good trial calls.
 //!
@@ -47,9 +47,21 @@ struct Phase {
 
 /// The downstream's script: up, down, back up.
 const SCRIPT: [Phase; 3] = [
-    Phase { name: "up", until: Duration::from_secs(3), up: true },
-    Phase { name: "down", until: Duration::from_secs(6), up: false },
-    Phase { name: "back up", until: Duration::from_secs(10), up: true },
+    Phase {
+        name: "up",
+        until: Duration::from_secs(3),
+        up: true,
+    },
+    Phase {
+        name: "down",
+        until: Duration::from_secs(5),
+        up: false,
+    },
+    Phase {
+        name: "back up",
+        until: Duration::from_secs(8),
+        up: true,
+    },
 ];
 
 /// Time between two client calls.
@@ -59,7 +71,10 @@ const LATENCY: Duration = Duration::from_millis(10);
 
 /// The index in [`SCRIPT`] of the phase at `at` since the start.
 fn phase_at(at: Duration) -> usize {
-    SCRIPT.iter().position(|p| at < p.until).unwrap_or(SCRIPT.len() - 1)
+    SCRIPT
+        .iter()
+        .position(|p| at < p.until)
+        .unwrap_or(SCRIPT.len() - 1)
 }
 
 /// Simulated seconds since `start`, for timestamps.
@@ -90,65 +105,40 @@ async fn main() -> Result<(), BoxError> {
         )
         .half_open_calls(2)
         .build()?;
+    spawn_transition_printer(&breaker, start);
 
-    // Print every transition as it happens, with how long an opening will reject calls.
-    let mut states = breaker.subscribe();
-    let watched = breaker.clone();
-    tokio::spawn(async move {
-        let mut from = *states.borrow_and_update();
-        while states.changed().await.is_ok() {
-            let to = *states.borrow_and_update();
-            let snap = watched.snapshot();
-            let note = match (to, snap.retry_after) {
-                (State::Open, Some(delay)) => {
-                    format!("trip {}, rejecting calls for {:.2}s", snap.trips, delay.as_secs_f64())
-                }
-                (State::HalfOpen, _) => "open delay over: trial calls go through".to_owned(),
-                (State::Closed, _) => "trial calls succeeded".to_owned(),
-                _ => String::new(),
-            };
-            println!("{}  breaker {:<9} -> {:<9}  {note}", stamp(start), from, to);
-            from = to;
-        }
-    });
-
-    // The fake downstream: answers by the script, and counts every call it receives.
     let hits = Arc::new(AtomicU32::new(0));
-    let downstream = {
-        let hits = hits.clone();
-        service_fn(move |item: u32| {
-            hits.fetch_add(1, Relaxed);
-            let up = SCRIPT[phase_at(start.elapsed())].up;
-            async move {
-                sleep(LATENCY).await;
-                if up {
-                    Ok(item)
-                } else {
-                    Err(io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused"))
-                }
-            }
-        })
-    };
-    let mut client = ServiceBuilder::new().layer(breaker.layer()).service(downstream);
+    let mut client = ServiceBuilder::new()
+        .layer(breaker.layer())
+        .service(downstream(hits.clone(), start));
 
-    println!("breaker `inventory`: trip after 3 failures in a row, open 1s/2s/4s.. (jittered), 2 trials");
-    println!("client: one call every {}ms; downstream answers in {}ms", PACE.as_millis(), LATENCY.as_millis());
+    println!("breaker `inventory`: opens after 3 failures in a row, for 1s, 2s, 4s.. (jittered);");
+    println!(
+        "  closes after 2 good trial calls. Client: a call every {}ms; downstream answers in {}ms",
+        PACE.as_millis(),
+        LATENCY.as_millis()
+    );
     let mut tallies: [Tally; 3] = Default::default();
     let mut phase = usize::MAX;
     let mut rejecting = false;
-    let end = SCRIPT[SCRIPT.len() - 1].until;
-    let ticks = (end.as_millis() / PACE.as_millis()) as u32;
-    for tick in 0..ticks {
-        sleep_until(start + PACE * tick).await;
-        let now = phase_at(start.elapsed());
-        if now != phase {
-            phase = now;
-            let state = if SCRIPT[phase].up { "UP" } else { "DOWN (connection refused)" };
-            println!("{}  downstream is {state}", stamp(start));
+    let mut at = Duration::ZERO;
+    let mut id = 0;
+    while at < SCRIPT[SCRIPT.len() - 1].until {
+        sleep_until(start + at).await;
+        at += PACE;
+        if phase_at(start.elapsed()) != phase {
+            phase = phase_at(start.elapsed());
+            let now = if SCRIPT[phase].up {
+                "UP"
+            } else {
+                "DOWN (connection refused)"
+            };
+            println!("{}  downstream is {now}", stamp(start));
         }
 
         let before = hits.load(Relaxed);
-        let result = client.ready().await?.call(tick).await;
+        id += 1;
+        let result = client.ready().await?.call(id).await;
         let tally = &mut tallies[phase];
         tally.calls += 1;
         tally.reached += hits.load(Relaxed) - before;
@@ -160,11 +150,12 @@ async fn main() -> Result<(), BoxError> {
                     tally.rejected += 1;
                     rejecting = true;
                     if !was_rejecting {
-                        let after = open
-                            .retry_after()
-                            .map_or("soon".to_owned(), |d| format!("{:.2}s", d.as_secs_f64()));
+                        let after = open.retry_after().map_or_else(
+                            || "soon".to_owned(),
+                            |d| format!("{:.2}s", d.as_secs_f64()),
+                        );
                         println!(
-                            "{}    calls rejected fast by `{}` (Open error), first told: retry_after {after}",
+                            "{}    calls rejected fast by `{}` (Open error), first one told: retry_after {after}",
                             stamp(start),
                             open.breaker()
                         );
@@ -174,19 +165,83 @@ async fn main() -> Result<(), BoxError> {
             },
         }
     }
-    // Let the watcher print a transition made by the last call, if any.
-    sleep(PACE).await;
+    // Give the printer a turn, in case the last call made a transition.
+    tokio::task::yield_now().await;
 
+    print_summary(&tallies, &breaker);
+    Ok(())
+}
+
+/// The fake downstream: answers as the script says at the time of the call, after
+/// [`LATENCY`], and counts in `hits` every call it receives.
+fn downstream(
+    hits: Arc<AtomicU32>,
+    start: Instant,
+) -> impl Service<u32, Response = u32, Error = io::Error> {
+    service_fn(move |id: u32| {
+        hits.fetch_add(1, Relaxed);
+        let up = SCRIPT[phase_at(start.elapsed())].up;
+        async move {
+            sleep(LATENCY).await;
+            if up {
+                Ok(id)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "connection refused",
+                ))
+            }
+        }
+    })
+}
+
+/// Prints every state transition as it happens, from a task watching
+/// [`Breaker::subscribe`]; on opening, also for how long the breaker will reject calls.
+/// The task lives as long as the runtime.
+///
+/// A `watch` channel keeps only the latest state, so two transitions between two turns
+/// of this task would print as one. Here every call awaits the downstream's latency,
+/// which gives the task its turn; for a complete log whatever the timing, use the
+/// `tracing` events instead.
+fn spawn_transition_printer(breaker: &Breaker, start: Instant) {
+    let breaker = breaker.clone();
+    let mut states = breaker.subscribe();
+    tokio::spawn(async move {
+        let mut from = *states.borrow_and_update();
+        while states.changed().await.is_ok() {
+            let to = *states.borrow_and_update();
+            let snap = breaker.snapshot();
+            let note = match (to, snap.retry_after) {
+                (State::Open, Some(d)) => {
+                    format!(
+                        "trip {}, rejecting calls for {:.2}s",
+                        snap.trips,
+                        d.as_secs_f64()
+                    )
+                }
+                (State::HalfOpen, _) => "open delay over: trial calls go through".to_owned(),
+                (State::Closed, _) => "trial calls succeeded".to_owned(),
+                _ => String::new(),
+            };
+            let (from_, to_) = (from.as_str(), to.as_str());
+            println!("{}  breaker {from_:>9} -> {to_:<9}  {note}", stamp(start));
+            from = to;
+        }
+    });
+}
+
+/// What callers saw in each phase, and the breaker's own figures.
+fn print_summary(tallies: &[Tally; 3], breaker: &Breaker) {
     println!();
-    println!("phase     span      calls  ok  failed  rejected  reached downstream");
+    println!("phase     span   calls  ok  failed  rejected  reached downstream");
     let mut from = Duration::ZERO;
-    for (p, t) in SCRIPT.iter().zip(&tallies) {
-        let span = format!("{}-{}s", from.as_secs(), p.until.as_secs());
+    for (phase, t) in SCRIPT.iter().zip(tallies) {
+        let span = format!("{}-{}s", from.as_secs(), phase.until.as_secs());
         println!(
-            "{:<8}  {span:<8}  {:>5}  {:>2}  {:>6}  {:>8}  {:>18}",
-            p.name, t.calls, t.ok, t.failed, t.rejected, t.reached
+            "{:<8}  {span:<5}  {:>5}  {:>2}  {:>6}  {:>8}  {:>18}",
+            phase.name, t.calls, t.ok, t.failed, t.rejected, t.reached
         );
-        from = p.until;
+        from = phase.until;
     }
     let down = &tallies[1];
     println!(
@@ -199,5 +254,4 @@ async fn main() -> Result<(), BoxError> {
         "snapshot: state {}, calls {}, successes {}, failures {}, rejected {}, trips {}",
         s.state, s.calls, s.successes, s.failures, s.rejected, s.trips
     );
-    Ok(())
 }

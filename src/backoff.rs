@@ -166,7 +166,11 @@ impl Backoff {
 
     /// Checks the backoff can work; `field` names the setting it was given to.
     /// `allow_zero` permits a zero base (a retry may legitimately not wait).
-    pub(crate) fn validate(&self, field: &'static str, allow_zero: bool) -> Result<(), ConfigError> {
+    pub(crate) fn validate(
+        &self,
+        field: &'static str,
+        allow_zero: bool,
+    ) -> Result<(), ConfigError> {
         let (base, max) = (self.base(), self.max());
         if !allow_zero && base.is_zero() {
             return Err(ConfigError::new(field, "base delay must be above zero"));
@@ -195,7 +199,7 @@ impl Backoff {
     }
 }
 
-impl<'a> IntoIterator for &'a Backoff {
+impl IntoIterator for &Backoff {
     type Item = Duration;
     type IntoIter = Iter;
 
@@ -281,7 +285,10 @@ mod tests {
 
     #[test]
     fn exponential_doubles_to_the_cap() {
-        let got: Vec<_> = Backoff::exponential(ms(10), ms(100)).iter().take(6).collect();
+        let got: Vec<_> = Backoff::exponential(ms(10), ms(100))
+            .iter()
+            .take(6)
+            .collect();
         assert_eq!(got, [10, 20, 40, 80, 100, 100].map(ms));
     }
 
@@ -319,7 +326,12 @@ mod tests {
             Backoff::exponential(ms(1), ms(5)).factor(f64::NAN),
             Backoff::exponential(Duration::MAX, Duration::MAX).factor(f64::INFINITY),
         ] {
-            for j in [Jitter::None, Jitter::Full, Jitter::Equal, Jitter::Decorrelated] {
+            for j in [
+                Jitter::None,
+                Jitter::Full,
+                Jitter::Equal,
+                Jitter::Decorrelated,
+            ] {
                 let b = b.jitter(j).seed(1);
                 for d in b.iter().take(100) {
                     assert!(d <= b.max().max(b.base()), "{b:?} gave {d:?}");
@@ -338,8 +350,12 @@ mod tests {
             .factor(0.5)
             .validate("x", false)
             .is_err());
-        assert!(Backoff::constant(Duration::ZERO).validate("x", false).is_err());
-        assert!(Backoff::constant(Duration::ZERO).validate("x", true).is_ok());
+        assert!(Backoff::constant(Duration::ZERO)
+            .validate("x", false)
+            .is_err());
+        assert!(Backoff::constant(Duration::ZERO)
+            .validate("x", true)
+            .is_ok());
         assert!(Backoff::constant(Duration::from_secs(86_401))
             .validate("x", true)
             .is_err());

@@ -57,7 +57,10 @@ pub(crate) fn check_rate(field: &'static str, rate: f64) -> Result<(), ConfigErr
     if rate > 0.0 && rate <= 1.0 {
         Ok(())
     } else {
-        Err(ConfigError::new(field, format!("must be in (0, 1], got {rate}")))
+        Err(ConfigError::new(
+            field,
+            format!("must be in (0, 1], got {rate}"),
+        ))
     }
 }
 

@@ -74,8 +74,14 @@ mod tests {
 
     #[test]
     fn default_maps_ok_and_err() {
-        assert_eq!(ErrorsAsFailures.classify(&Ok::<u8, u8>(0)), Outcome::Success);
-        assert_eq!(ErrorsAsFailures.classify(&Err::<u8, u8>(0)), Outcome::Failure);
+        assert_eq!(
+            ErrorsAsFailures.classify(&Ok::<u8, u8>(0)),
+            Outcome::Success
+        );
+        assert_eq!(
+            ErrorsAsFailures.classify(&Err::<u8, u8>(0)),
+            Outcome::Failure
+        );
     }
 
     #[test]

@@ -63,7 +63,11 @@ async fn jittered_open_delays_follow_the_seeded_backoff() {
         .jitter(steadfast::backoff::Jitter::Full)
         .seed(42);
     let expected: Vec<_> = backoff.iter().take(4).collect();
-    let breaker = builder().open_backoff(backoff).half_open_calls(1).build().unwrap();
+    let breaker = builder()
+        .open_backoff(backoff)
+        .half_open_calls(1)
+        .build()
+        .unwrap();
     let (mut svc, _) = guarded(&breaker);
     call(&mut svc, Req::Err).await;
     for delay in &expected {
@@ -105,7 +109,11 @@ async fn exactly_n_concurrent_trials_then_closed() {
     for (i, (handle, gate)) in trials.into_iter().enumerate() {
         gate.send(true).unwrap();
         assert_eq!(handle.await.unwrap(), Seen::Ok);
-        let expected = if i < 2 { State::HalfOpen } else { State::Closed };
+        let expected = if i < 2 {
+            State::HalfOpen
+        } else {
+            State::Closed
+        };
         assert_eq!(breaker.state(), expected);
     }
     assert_eq!(breaker.snapshot().rejected, 5);
@@ -306,6 +314,11 @@ async fn subscribers_see_every_transition() {
     breaker.force_open();
     assert_eq!(
         seen.await.unwrap(),
-        [State::Open, State::HalfOpen, State::Closed, State::ForcedOpen]
+        [
+            State::Open,
+            State::HalfOpen,
+            State::Closed,
+            State::ForcedOpen
+        ]
     );
 }

@@ -18,14 +18,23 @@ async fn consecutive_failures_trip_at_the_threshold() {
     let (mut svc, reached) = guarded(&breaker);
 
     // Two failures, a success: the run of failures starts over.
-    assert_eq!(calls(&mut svc, 2, || Req::Err).await, [Seen::Failed, Seen::Failed]);
+    assert_eq!(
+        calls(&mut svc, 2, || Req::Err).await,
+        [Seen::Failed, Seen::Failed]
+    );
     assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok);
-    assert_eq!(calls(&mut svc, 2, || Req::Err).await, [Seen::Failed, Seen::Failed]);
+    assert_eq!(
+        calls(&mut svc, 2, || Req::Err).await,
+        [Seen::Failed, Seen::Failed]
+    );
     assert_eq!(breaker.state(), State::Closed);
 
     assert_eq!(call(&mut svc, Req::Err).await, Seen::Failed);
     assert_eq!(breaker.state(), State::Open);
-    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(Some(secs(10))));
+    assert_eq!(
+        call(&mut svc, Req::Ok).await,
+        Seen::Rejected(Some(secs(10)))
+    );
     assert_eq!(reached.load(Ordering::SeqCst), 6);
     assert_eq!(breaker.snapshot().trips, 1);
 }
@@ -33,7 +42,11 @@ async fn consecutive_failures_trip_at_the_threshold() {
 #[tokio::test(start_paused = true)]
 async fn count_window_slides() {
     // 1,000 successes, then 5 failures trip a 50% rule over the last 10 calls.
-    let breaker = builder().failure_rate(0.5).count_window(10).build().unwrap();
+    let breaker = builder()
+        .failure_rate(0.5)
+        .count_window(10)
+        .build()
+        .unwrap();
     let (mut svc, _) = guarded(&breaker);
     calls(&mut svc, 1000, || Req::Ok).await;
     calls(&mut svc, 4, || Req::Err).await;
@@ -47,7 +60,11 @@ async fn count_window_slides() {
 
 #[tokio::test(start_paused = true)]
 async fn count_window_drops_failures_that_slid_out() {
-    let breaker = builder().failure_rate(0.5).count_window(10).build().unwrap();
+    let breaker = builder()
+        .failure_rate(0.5)
+        .count_window(10)
+        .build()
+        .unwrap();
     let (mut svc, _) = guarded(&breaker);
     // 4 failures, then 10 successes push them out of the window.
     calls(&mut svc, 4, || Req::Err).await;

@@ -254,7 +254,10 @@ impl BreakerBuilder {
 
     fn config(&self) -> Result<Config, ConfigError> {
         if let Some(0) = self.consecutive {
-            return Err(ConfigError::new("consecutive_failures", "must be at least 1"));
+            return Err(ConfigError::new(
+                "consecutive_failures",
+                "must be at least 1",
+            ));
         }
         if let Some(rate) = self.failure_rate {
             check_rate("failure_rate", rate)?;
@@ -297,17 +300,24 @@ impl BreakerBuilder {
         if self.half_open_calls > MAX_HALF_OPEN_CALLS {
             return Err(ConfigError::new(
                 "half_open_calls",
-                format!("must be at most {MAX_HALF_OPEN_CALLS}, got {}", self.half_open_calls),
+                format!(
+                    "must be at most {MAX_HALF_OPEN_CALLS}, got {}",
+                    self.half_open_calls
+                ),
             ));
         }
         check_duration("half_open_timeout", self.half_open_timeout)?;
         self.open_backoff.validate("open_backoff", false)?;
 
-        let explicit = self.consecutive.is_some() || self.failure_rate.is_some() || self.slow.is_some();
+        let explicit =
+            self.consecutive.is_some() || self.failure_rate.is_some() || self.slow.is_some();
         let (consecutive, failure_rate) = if explicit {
             (self.consecutive, self.failure_rate)
         } else {
-            (Some(DEFAULT_CONSECUTIVE_FAILURES), Some(DEFAULT_FAILURE_RATE))
+            (
+                Some(DEFAULT_CONSECUTIVE_FAILURES),
+                Some(DEFAULT_FAILURE_RATE),
+            )
         };
         let rates = if failure_rate.is_some() || self.slow.is_some() {
             let window = match self.time_window {
@@ -384,7 +394,10 @@ mod tests {
         let c = b().failure_rate(0.3).config().unwrap();
         assert_eq!(c.consecutive, None);
         assert_eq!(c.rates.unwrap().failure_rate, Some(0.3));
-        let c = b().slow_calls(Duration::from_secs(1), 0.5).config().unwrap();
+        let c = b()
+            .slow_calls(Duration::from_secs(1), 0.5)
+            .config()
+            .unwrap();
         assert_eq!(c.consecutive, None);
         assert_eq!(c.rates.unwrap().failure_rate, None);
     }
@@ -455,7 +468,9 @@ mod tests {
             b().half_open_calls(1_000),
             b().half_open_timeout(day),
             b().open_backoff(Backoff::constant(day)),
-            b().failure_rate(0.5).time_window(ms(100)).min_calls(1_000_000),
+            b().failure_rate(0.5)
+                .time_window(ms(100))
+                .min_calls(1_000_000),
         ] {
             let debug = format!("{builder:?}");
             assert!(builder.build().is_ok(), "{debug}");

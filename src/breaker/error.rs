@@ -50,7 +50,9 @@ impl fmt::Display for Open {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "circuit breaker `{}` is open", self.breaker)?;
         if let Some(after) = self.retry_after {
-            write!(f, "; retry after {after:?}")?;
+            // Whole milliseconds, rounded up: the exact nanoseconds are noise here.
+            let ms = after.as_nanos().div_ceil(1_000_000);
+            write!(f, "; retry after {:?}", Duration::from_millis(ms as u64))?;
         }
         Ok(())
     }

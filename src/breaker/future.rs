@@ -33,7 +33,9 @@ pin_project! {
             classify: C,
         },
         Rejected {
-            error: Open,
+            // Boxed once at `call`, where it would be boxed on return anyway; `None`
+            // once returned.
+            error: Option<BoxError>,
         },
     }
 }
@@ -51,7 +53,9 @@ impl<F, C> ResponseFuture<F, C> {
 
     pub(crate) fn rejected(error: Open) -> Self {
         Self {
-            kind: Kind::Rejected { error },
+            kind: Kind::Rejected {
+                error: Some(error.into()),
+            },
         }
     }
 }
@@ -73,12 +77,15 @@ where
                 classify,
             } => {
                 let result = ready!(future.poll(cx));
-                if let Some(recorder) = recorder.take() {
-                    recorder.finish(classify.classify(&result));
+                if let Some(r) = recorder {
+                    r.finish(classify.classify(&result));
+                    *recorder = None;
                 }
                 Poll::Ready(result.map_err(Into::into))
             }
-            KindProj::Rejected { error } => Poll::Ready(Err(error.clone().into())),
+            KindProj::Rejected { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "breaker response future polled after completion".into()))),
         }
     }
 }
@@ -87,7 +94,10 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Called { .. } => f.write_str("ResponseFuture::Called"),
-            Kind::Rejected { error } => f.debug_tuple("ResponseFuture::Rejected").field(error).finish(),
+            Kind::Rejected { error } => f
+                .debug_tuple("ResponseFuture::Rejected")
+                .field(error)
+                .finish(),
         }
     }
 }

@@ -136,11 +136,27 @@ impl Reason {
 
 // --- counters ----------------------------------------------------------------------------
 
-/// One stripe of the cumulative counters, with a handle on the shared state.
+/// A handle on the shared state, one per thread slot: a response future clones the
+/// handle of its thread, so threads sharing a breaker do not bounce one refcount.
 #[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct Shard {
     pub(crate) shared: Arc<Shared>,
+    /// Copies of `Shared::time_end` and whether a call's start must be timed, kept on
+    /// the line the call just touched to clone this handle.
+    time_end: bool,
+    time_start: bool,
+}
+
+/// One stripe of the cumulative counters.
+///
+/// Each stripe but the last belongs to one thread slot (see [`thread_slot`]) and is
+/// written only by the thread holding that slot, with a plain load and store instead
+/// of a read-modify-write. The last stripe is shared by threads without a stripe of
+/// their own and uses `fetch_add`.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Counters {
     successes: AtomicU64,
     failures: AtomicU64,
     ignored: AtomicU64,
@@ -148,27 +164,17 @@ pub(crate) struct Shard {
     rejected: AtomicU64,
 }
 
-impl Shard {
-    #[inline]
-    fn count(&self, outcome: Outcome, slow: bool) {
-        let counter = match outcome {
-            Outcome::Success => &self.successes,
-            Outcome::Failure => &self.failures,
-            Outcome::Ignored => &self.ignored,
-        };
+/// Adds one to a counter; `owned` when only this thread ever writes it.
+#[inline(always)]
+fn bump(counter: &AtomicU64, owned: bool) {
+    if owned {
+        counter.store(counter.load(Relaxed) + 1, Relaxed);
+    } else {
         counter.fetch_add(1, Relaxed);
-        if slow {
-            self.slow.fetch_add(1, Relaxed);
-        }
-    }
-
-    #[inline]
-    pub(crate) fn count_rejected(&self) {
-        self.rejected.fetch_add(1, Relaxed);
     }
 }
 
-/// Cumulative totals summed over the shards.
+/// Cumulative totals summed over the stripes.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Counts {
     pub(crate) successes: u64,
@@ -178,16 +184,47 @@ pub(crate) struct Counts {
     pub(crate) rejected: u64,
 }
 
-fn thread_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Relaxed);
+/// A thread slot: a small number unique among live threads. Slots are reused after a
+/// thread exits, so they stay dense. The mutex hand-over on exit orders the old
+/// thread's last counter stores before the new holder's first load.
+struct ThreadSlot(usize);
+
+static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+impl ThreadSlot {
+    fn acquire() -> Self {
+        let reused = FREE_SLOTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        ThreadSlot(reused.unwrap_or_else(|| NEXT_SLOT.fetch_add(1, Relaxed)))
     }
-    SLOT.try_with(|s| *s).unwrap_or(0)
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        FREE_SLOTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self.0);
+    }
+}
+
+thread_local! {
+    static SLOT: ThreadSlot = ThreadSlot::acquire();
+}
+
+/// This thread's slot; `usize::MAX` while thread-locals are being torn down.
+#[inline]
+fn thread_slot() -> usize {
+    SLOT.try_with(|s| s.0).unwrap_or(usize::MAX)
 }
 
 // --- the shared state --------------------------------------------------------------------
 
+// One per breaker, and boxing the count window would add a pointer hop per call.
+#[allow(clippy::large_enum_variant)]
 enum Window {
     Count(CountWindow),
     Time(TimeWindow),
@@ -214,6 +251,7 @@ pub(crate) struct Shared {
     start: Instant,
     pub(crate) name: Arc<str>,
     trips: AtomicU64,
+    counters: Box<[Counters]>,
     slow_path: Mutex<Slow>,
     watch: watch::Sender<State>,
 }
@@ -238,6 +276,7 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(name: Arc<str>, config: Config) -> Self {
         let start = Instant::now();
+        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
         let mut open_delays = config.open_backoff.iter();
         let (kind, open_until) = if config.start_open {
             (OPEN, nanos(open_delays.next().unwrap_or_default()))
@@ -267,21 +306,20 @@ impl Core {
             start,
             name,
             trips: AtomicU64::new(0),
+            counters: (0..=stripes(parallelism))
+                .map(|_| Counters::default())
+                .collect(),
             slow_path: Mutex::new(Slow { open_delays }),
             watch: watch::channel(initial.state()).0,
             config,
         });
-        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let shards = (parallelism * 4).next_power_of_two().min(64);
-        let shards = (0..shards)
+        let handles = (parallelism * 2).next_power_of_two().min(64);
+        let shards = (0..handles)
             .map(|_| {
                 Arc::new(Shard {
                     shared: shared.clone(),
-                    successes: AtomicU64::new(0),
-                    failures: AtomicU64::new(0),
-                    ignored: AtomicU64::new(0),
-                    slow: AtomicU64::new(0),
-                    rejected: AtomicU64::new(0),
+                    time_end: shared.time_end,
+                    time_start: shared.slow_threshold.is_some(),
                 })
             })
             .collect();
@@ -295,14 +333,23 @@ impl Core {
     }
 
     pub(crate) fn counts(&self) -> Counts {
-        self.shards.iter().fold(Counts::default(), |c, s| Counts {
-            successes: c.successes + s.successes.load(Relaxed),
-            failures: c.failures + s.failures.load(Relaxed),
-            ignored: c.ignored + s.ignored.load(Relaxed),
-            slow: c.slow + s.slow.load(Relaxed),
-            rejected: c.rejected + s.rejected.load(Relaxed),
-        })
+        self.shared
+            .counters
+            .iter()
+            .fold(Counts::default(), |c, s| Counts {
+                successes: c.successes + s.successes.load(Relaxed),
+                failures: c.failures + s.failures.load(Relaxed),
+                ignored: c.ignored + s.ignored.load(Relaxed),
+                slow: c.slow + s.slow.load(Relaxed),
+                rejected: c.rejected + s.rejected.load(Relaxed),
+            })
     }
+}
+
+/// Counter stripes owned by thread slots: enough for every thread of a typical
+/// runtime; threads beyond them share the last stripe.
+fn stripes(parallelism: usize) -> usize {
+    (parallelism * 4).clamp(64, 1024)
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -310,6 +357,7 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Shared {
+    #[inline]
     fn word(&self) -> Word {
         Word(self.state.load(Acquire))
     }
@@ -318,8 +366,41 @@ impl Shared {
         self.word().state()
     }
 
+    #[inline]
     fn now(&self) -> u64 {
         nanos(Instant::now().saturating_duration_since(self.start))
+    }
+
+    /// This thread's counter stripe, and whether the thread owns it.
+    #[inline]
+    fn stripe(&self) -> (&Counters, bool) {
+        let slot = thread_slot();
+        let last = self.counters.len() - 1;
+        if slot < last {
+            (&self.counters[slot], true)
+        } else {
+            (&self.counters[last], false)
+        }
+    }
+
+    #[inline]
+    fn count(&self, outcome: Outcome, slow: bool) {
+        let (c, owned) = self.stripe();
+        let counter = match outcome {
+            Outcome::Success => &c.successes,
+            Outcome::Failure => &c.failures,
+            Outcome::Ignored => &c.ignored,
+        };
+        bump(counter, owned);
+        if slow {
+            bump(&c.slow, owned);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn count_rejected(&self) {
+        let (c, owned) = self.stripe();
+        bump(&c.rejected, owned);
     }
 
     pub(crate) fn trips(&self) -> u64 {
@@ -358,6 +439,13 @@ impl Shared {
             },
             _ => self.admit_slow(word),
         }
+    }
+
+    /// The epoch if the breaker lets every call through (closed or forced closed).
+    #[inline(always)]
+    pub(crate) fn admit_closed(&self) -> Option<u32> {
+        let word = self.word();
+        matches!(word.kind(), CLOSED | FORCED_CLOSED).then(|| word.epoch())
     }
 
     /// Whether an earlier `Pass` admission is still current (no transition since).
@@ -411,7 +499,10 @@ impl Shared {
                 let deadline = now.saturating_add(nanos(self.config.half_open_timeout));
                 self.trial_deadline.fetch_max(deadline, AcqRel);
                 let next = word.with_admitted(word.admitted() + 1);
-                match self.state.compare_exchange_weak(word.0, next.0, AcqRel, Acquire) {
+                match self
+                    .state
+                    .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
+                {
                     Ok(_) => {
                         return Some(Admission::Trial {
                             epoch: word.epoch(),
@@ -419,8 +510,7 @@ impl Shared {
                     }
                     Err(actual) => word = Word(actual),
                 }
-            } else if word.succeeded() < word.admitted()
-                && now >= self.trial_deadline.load(Acquire)
+            } else if word.succeeded() < word.admitted() && now >= self.trial_deadline.load(Acquire)
             {
                 // Every permit is out and the youngest trial is overdue: it failed.
                 self.reopen(word.epoch(), HALF_OPEN, Reason::TrialTimedOut);
@@ -435,7 +525,7 @@ impl Shared {
 
     /// Counts an admitted call's outcome in the rules; may trip the breaker.
     #[inline]
-    fn record(&self, epoch: u32, outcome: Outcome, slow: bool, end: Option<Instant>) {
+    fn record(&self, epoch: u32, outcome: Outcome, slow: bool, end: u64) {
         let word = self.word();
         if outcome == Outcome::Ignored || word.epoch() != epoch || word.kind() != CLOSED {
             return;
@@ -455,14 +545,17 @@ impl Shared {
             None => None,
             Some(Window::Count(w)) => w.record(failed, slow),
             Some(Window::Time(w)) => {
-                let now = end.map_or_else(|| self.now(), |end| nanos(end - self.start));
-                w.record(failed, slow, w.tick(now))
+                // `time_end` is set with a time window, so `end` is the call's end.
+                w.record(failed, slow, w.tick(end))
             }
         };
         if let (Some(totals), Some(rules)) = (totals, self.config.rates) {
             if totals.calls >= u64::from(rules.min_calls) {
                 let rate = |n: u64| n as f64 / totals.calls as f64;
-                if rules.failure_rate.is_some_and(|r| rate(totals.failures) >= r) {
+                if rules
+                    .failure_rate
+                    .is_some_and(|r| rate(totals.failures) >= r)
+                {
                     reason = reason.or(Some(Reason::FailureRate));
                 } else if rules.slow.is_some_and(|(_, r)| rate(totals.slow) >= r) {
                     reason = reason.or(Some(Reason::SlowCallRate));
@@ -482,7 +575,10 @@ impl Shared {
                 return;
             }
             let next = word.with_succeeded(word.succeeded() + 1);
-            match self.state.compare_exchange_weak(word.0, next.0, AcqRel, Acquire) {
+            match self
+                .state
+                .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
+            {
                 Ok(_) => break,
                 Err(actual) => word = Word(actual),
             }
@@ -507,7 +603,10 @@ impl Shared {
                 return;
             }
             let next = word.with_admitted(word.admitted() - 1);
-            match self.state.compare_exchange_weak(word.0, next.0, AcqRel, Acquire) {
+            match self
+                .state
+                .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
+            {
                 Ok(_) => return,
                 Err(actual) => word = Word(actual),
             }
@@ -518,16 +617,18 @@ impl Shared {
 
     fn lock(&self) -> MutexGuard<'_, Slow> {
         // Nothing under this lock can leave the state inconsistent if it panics.
-        self.slow_path.lock().unwrap_or_else(PoisonError::into_inner)
+        self.slow_path
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Installs `next` over `expected`, retrying while only the permit counts change.
     /// Must hold the lock: every other writer of the word holds it, or only changes
     /// permits, so the epoch cannot move under us.
     fn install(&self, mut expected: Word, next: Word) {
-        while let Err(actual) =
-            self.state
-                .compare_exchange_weak(expected.0, next.0, AcqRel, Acquire)
+        while let Err(actual) = self
+            .state
+            .compare_exchange_weak(expected.0, next.0, AcqRel, Acquire)
         {
             expected = Word(actual);
         }
@@ -615,15 +716,17 @@ impl Shared {
 
 // --- the per-call recorder ---------------------------------------------------------------
 
-/// Carried by a response future from admission to outcome. Dropping it before
-/// [`Recorder::finish`] gives a trial permit back and counts nothing.
+/// Carried by a response future from admission to outcome. Dropping a trial's
+/// recorder before [`Recorder::finish`] gives its permit back and counts nothing.
 #[derive(Debug)]
 pub(crate) struct Recorder {
     shard: Arc<Shard>,
     epoch: u32,
+    /// Whether this is a half-open trial with its permit still held.
     trial: bool,
-    start: Option<Instant>,
-    done: bool,
+    /// When the call started, in nanoseconds since the breaker's start; only with a
+    /// slow-call rule.
+    start: u64,
 }
 
 impl Recorder {
@@ -634,38 +737,38 @@ impl Recorder {
             Admission::Trial { epoch } => (epoch, true),
             Admission::Reject { .. } => return None,
         };
-        let start = shard.shared.slow_threshold.map(|_| Instant::now());
-        Some(Self {
+        let mut recorder = Self {
             shard,
             epoch,
             trial,
-            start,
-            done: false,
-        })
+            start: 0,
+        };
+        recorder.restart();
+        Some(recorder)
     }
 
     /// Restarts the call's clock (a trial permit is taken before its call starts).
     #[inline]
     pub(crate) fn restart(&mut self) {
-        if self.start.is_some() {
-            self.start = Some(Instant::now());
+        if self.shard.time_start {
+            self.start = self.shard.shared.now();
         }
     }
 
-    /// Counts the call's outcome.
+    /// Counts the call's outcome. Done in place (the recorder is dropped after): moving
+    /// it out of the future first costs more than the rest of the work.
     #[inline]
-    pub(crate) fn finish(mut self, outcome: Outcome) {
-        self.done = true;
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
+        let trial = std::mem::replace(&mut self.trial, false);
         let shared = &*self.shard.shared;
-        let end = shared.time_end.then(Instant::now);
-        let slow = match (self.start, shared.slow_threshold, end) {
-            (Some(start), Some(threshold), Some(end)) => {
-                outcome != Outcome::Ignored && end - start > threshold
-            }
-            _ => false,
-        };
-        self.shard.count(outcome, slow);
-        if self.trial {
+        let end = if self.shard.time_end { shared.now() } else { 0 };
+        let slow = self.shard.time_start
+            && outcome != Outcome::Ignored
+            && shared
+                .slow_threshold
+                .is_some_and(|t| end.saturating_sub(self.start) > nanos(t));
+        shared.count(outcome, slow);
+        if trial {
             match outcome {
                 Outcome::Success if !slow => shared.trial_succeeded(self.epoch),
                 Outcome::Ignored => shared.release_trial(self.epoch),
@@ -678,10 +781,10 @@ impl Recorder {
 }
 
 impl Drop for Recorder {
+    #[inline]
     fn drop(&mut self) {
-        if self.trial && !self.done {
+        if self.trial {
             self.shard.shared.release_trial(self.epoch);
         }
     }
 }
-

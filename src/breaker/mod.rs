@@ -33,7 +33,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), steadfast::BoxError> {
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //! use steadfast::breaker::{error::Open, Breaker, State};
 //!
 //! let breaker = Breaker::builder("inventory").consecutive_failures(2).build()?;
@@ -116,7 +116,7 @@ impl State {
 
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -163,6 +163,8 @@ pub struct Snapshot {
 #[derive(Clone)]
 pub struct Breaker {
     core: Arc<Core>,
+    /// `core.shared` again, one pointer hop closer for the per-call admission check.
+    shared: Arc<machine::Shared>,
 }
 
 impl Breaker {
@@ -177,9 +179,9 @@ impl Breaker {
     }
 
     pub(crate) fn from_config(name: Arc<str>, config: Config) -> Self {
-        Self {
-            core: Arc::new(Core::new(name, config)),
-        }
+        let core = Arc::new(Core::new(name, config));
+        let shared = core.shared.clone();
+        Self { core, shared }
     }
 
     /// The breaker's name.

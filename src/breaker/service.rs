@@ -1,5 +1,6 @@
 use std::fmt;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tower_service::Service;
 
@@ -10,13 +11,30 @@ use super::Breaker;
 use crate::outcome::ErrorsAsFailures;
 use crate::{BoxError, Classify};
 
-/// What `poll_ready` decided for the next call.
-#[derive(Debug)]
-enum Slot {
-    Pass { epoch: u32 },
-    /// A half-open permit; the recorder gives it back if dropped unused.
-    Trial(Recorder),
-    Reject(Open),
+/// What `poll_ready` decided for the next call, packed in one word: it is written by
+/// `poll_ready` and read by `call` on every call, and a value stored and loaded whole
+/// is forwarded straight from the store (a multi-field enum here cost ~10 ns a call).
+///
+/// Low byte: the tag; high 32 bits: the epoch of a pass. A rejection's `retry_after`
+/// lives in `BreakerService::retry_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot(u64);
+
+impl Slot {
+    const EMPTY: Slot = Slot(0);
+    const TRIAL: Slot = Slot(2);
+    const REJECT: Slot = Slot(3);
+
+    #[inline(always)]
+    fn pass(epoch: u32) -> Self {
+        Slot(1 | u64::from(epoch) << 32)
+    }
+
+    /// The epoch of a pass.
+    #[inline(always)]
+    fn as_pass(self) -> Option<u32> {
+        (self.0 & 0xff == 1).then_some((self.0 >> 32) as u32)
+    }
 }
 
 /// A service guarded by a [`Breaker`]; built by [`BreakerLayer`](super::BreakerLayer).
@@ -38,7 +56,11 @@ pub struct BreakerService<S, C = ErrorsAsFailures> {
     inner: S,
     breaker: Breaker,
     classify: C,
-    slot: Option<Slot>,
+    slot: Slot,
+    /// The permit of a `Slot::TRIAL`; dropping it gives the permit back.
+    trial: Option<Recorder>,
+    /// The hint of a `Slot::REJECT`.
+    retry_after: Option<Duration>,
 }
 
 impl<S> BreakerService<S> {
@@ -48,7 +70,9 @@ impl<S> BreakerService<S> {
             inner,
             breaker,
             classify: ErrorsAsFailures,
-            slot: None,
+            slot: Slot::EMPTY,
+            trial: None,
+            retry_after: None,
         }
     }
 }
@@ -61,6 +85,8 @@ impl<S, C> BreakerService<S, C> {
             breaker: self.breaker,
             classify,
             slot: self.slot,
+            trial: self.trial,
+            retry_after: self.retry_after,
         }
     }
 
@@ -84,16 +110,28 @@ impl<S, C> BreakerService<S, C> {
         self.inner
     }
 
-    fn decide(&self) -> Slot {
+    /// Decides the next call: the closed state inline, the rest out of line.
+    #[inline(always)]
+    fn decide(&mut self) -> Slot {
+        match self.breaker.shared.admit_closed() {
+            Some(epoch) => Slot::pass(epoch),
+            None => self.decide_slow(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn decide_slow(&mut self) -> Slot {
         let core = &self.breaker.core;
         match core.shared.admit() {
-            Admission::Pass { epoch } => Slot::Pass { epoch },
-            admission @ Admission::Trial { .. } => match Recorder::new(core.shard().clone(), admission) {
-                Some(recorder) => Slot::Trial(recorder),
-                None => Slot::Reject(Open::new(core.shared.name.clone(), None)),
-            },
+            Admission::Pass { epoch } => Slot::pass(epoch),
+            admission @ Admission::Trial { .. } => {
+                self.trial = Recorder::new(core.shard().clone(), admission);
+                Slot::TRIAL
+            }
             Admission::Reject { retry_after } => {
-                Slot::Reject(Open::new(core.shared.name.clone(), retry_after))
+                self.retry_after = retry_after;
+                Slot::REJECT
             }
         }
     }
@@ -107,7 +145,9 @@ impl<S: Clone, C: Clone> Clone for BreakerService<S, C> {
             inner: self.inner.clone(),
             breaker: self.breaker.clone(),
             classify: self.classify.clone(),
-            slot: None,
+            slot: Slot::EMPTY,
+            trial: None,
+            retry_after: None,
         }
     }
 }
@@ -133,25 +173,30 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let stale = match &self.slot {
-            None => true,
+        let stale = match self.slot {
+            Slot::EMPTY => true,
+            // A rejection is decided again: the breaker may have closed since (this
+            // path is the slow one anyway).
+            Slot::REJECT => true,
             // A pass from before a transition is decided again (the breaker may have
             // opened while the inner service was not ready).
-            Some(Slot::Pass { epoch }) => !self.breaker.core.shared.is_current(*epoch),
-            Some(_) => false,
+            slot => slot
+                .as_pass()
+                .is_some_and(|epoch| !self.breaker.shared.is_current(epoch)),
         };
         if stale {
-            self.slot = Some(self.decide());
+            self.slot = self.decide();
         }
-        if let Some(Slot::Reject(_)) = self.slot {
+        if self.slot == Slot::REJECT {
             return Poll::Ready(Ok(()));
         }
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => {
+                self.slot = Slot::EMPTY;
                 // Gives a trial permit back.
-                self.slot = None;
+                self.trial = None;
                 Poll::Ready(Err(e.into()))
             }
         }
@@ -159,21 +204,22 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let slot = match self.slot.take() {
-            Some(slot) => slot,
-            None => self.decide(),
-        };
+        let mut slot = std::mem::replace(&mut self.slot, Slot::EMPTY);
+        if slot == Slot::EMPTY {
+            slot = self.decide();
+        }
         let core = &self.breaker.core;
-        let recorder = match slot {
-            Slot::Pass { epoch } => Recorder::new(core.shard().clone(), Admission::Pass { epoch }),
-            Slot::Trial(mut recorder) => {
+        let recorder = if let Some(epoch) = slot.as_pass() {
+            Recorder::new(core.shard().clone(), Admission::Pass { epoch })
+        } else if slot == Slot::TRIAL {
+            self.trial.take().map(|mut recorder| {
                 recorder.restart();
-                Some(recorder)
-            }
-            Slot::Reject(open) => {
-                core.shard().count_rejected();
-                return ResponseFuture::rejected(open);
-            }
+                recorder
+            })
+        } else {
+            core.shared.count_rejected();
+            let open = Open::new(core.shared.name.clone(), self.retry_after.take());
+            return ResponseFuture::rejected(open);
         };
         ResponseFuture::called(self.inner.call(req), recorder, self.classify.clone())
     }

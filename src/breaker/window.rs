@@ -45,7 +45,9 @@ pub(crate) struct CountWindow {
 }
 
 fn bits(size: u32) -> Box<[AtomicU64]> {
-    (0..(size as usize).div_ceil(64)).map(|_| AtomicU64::new(0)).collect()
+    (0..(size as usize).div_ceil(64))
+        .map(|_| AtomicU64::new(0))
+        .collect()
 }
 
 /// Sets or clears `bit` in `word`; returns how the number of set bits changed.

@@ -92,7 +92,13 @@ pub fn seen(result: Result<(), BoxError>) -> Seen {
 }
 
 pub async fn call(svc: &mut Svc, req: Req) -> Seen {
-    seen(svc.ready().await.expect("poll_ready never fails here").call(req).await)
+    seen(
+        svc.ready()
+            .await
+            .expect("poll_ready never fails here")
+            .call(req)
+            .await,
+    )
 }
 
 /// Calls `n` times with requests made by `req`.
