@@ -48,6 +48,11 @@ mod config;
 mod outcome;
 
 pub use config::ConfigError;
+
+// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub use outcome::{Classify, ErrorsAsFailures, Outcome};
 
 /// A boxed error, as the breaker returns (like `tower::BoxError`).
