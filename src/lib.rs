@@ -6,7 +6,9 @@
 //!
 //! - a [circuit breaker](breaker) stops calling a failing downstream and fails fast
 //!   with a typed error that says when to retry;
-//! - [`backoff`] gives the growing, jittered delays the breaker (and retries) wait.
+//! - [`retry`] absorbs transient failures with jittered backoff, inside a budget that
+//!   keeps an outage from turning into a retry storm;
+//! - [`backoff`] gives the growing, jittered delays both wait.
 //!
 //! Every timing rule runs on [`tokio::time`], so it can be tested on paused time, and
 //! every bad setting is a [`ConfigError`] from `build()`, never a panic.
@@ -46,6 +48,8 @@ pub mod backoff;
 pub mod breaker;
 mod config;
 mod outcome;
+pub mod retry;
+mod stripe;
 
 pub use config::ConfigError;
 

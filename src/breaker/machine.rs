@@ -16,7 +16,7 @@
 //! threads sharing one breaker do not bounce a cache line on every call. A response
 //! future holds an `Arc` of its shard rather than of the shared state for the same reason.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use super::builder::{Config, WindowKind};
 use super::window::{CountWindow, TimeWindow, Totals};
 use super::State;
 use crate::backoff;
+use crate::stripe::{bump, thread_slot};
 use crate::Outcome;
 
 // --- the state word --------------------------------------------------------------------
@@ -164,16 +165,6 @@ struct Counters {
     rejected: AtomicU64,
 }
 
-/// Adds one to a counter; `owned` when only this thread ever writes it.
-#[inline(always)]
-fn bump(counter: &AtomicU64, owned: bool) {
-    if owned {
-        counter.store(counter.load(Relaxed) + 1, Relaxed);
-    } else {
-        counter.fetch_add(1, Relaxed);
-    }
-}
-
 /// Cumulative totals summed over the stripes.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Counts {
@@ -182,43 +173,6 @@ pub(crate) struct Counts {
     pub(crate) ignored: u64,
     pub(crate) slow: u64,
     pub(crate) rejected: u64,
-}
-
-/// A thread slot: a small number unique among live threads. Slots are reused after a
-/// thread exits, so they stay dense. The mutex hand-over on exit orders the old
-/// thread's last counter stores before the new holder's first load.
-struct ThreadSlot(usize);
-
-static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
-
-impl ThreadSlot {
-    fn acquire() -> Self {
-        let reused = FREE_SLOTS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        ThreadSlot(reused.unwrap_or_else(|| NEXT_SLOT.fetch_add(1, Relaxed)))
-    }
-}
-
-impl Drop for ThreadSlot {
-    fn drop(&mut self) {
-        FREE_SLOTS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(self.0);
-    }
-}
-
-thread_local! {
-    static SLOT: ThreadSlot = ThreadSlot::acquire();
-}
-
-/// This thread's slot; `usize::MAX` while thread-locals are being torn down.
-#[inline]
-fn thread_slot() -> usize {
-    SLOT.try_with(|s| s.0).unwrap_or(usize::MAX)
 }
 
 // --- the shared state --------------------------------------------------------------------

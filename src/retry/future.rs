@@ -1,0 +1,237 @@
+//! [`ResponseFuture`], the future returned by [`Retry`](super::Retry).
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::Params;
+use crate::backoff;
+use crate::breaker::error::Open;
+use crate::{BoxError, Classify, Outcome};
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry): calls, waits, polls the service
+    /// ready again, and calls again, until a result is final.
+    ///
+    /// Dropping it at any point makes no further attempt.
+    pub struct ResponseFuture<S, Req, C>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        // The readied service taken by `call`, polled ready again before each retry.
+        service: S,
+        // A copy of the request for the next attempt; `None` when none can be made.
+        request: Option<Req>,
+        params: Arc<Params>,
+        classify: C,
+        attempts: u32,
+        // When the request started; read only with `max_elapsed`.
+        start: Option<Instant>,
+        // Made on the first retry: the delays and the one `Sleep`, reset in place.
+        waiter: Option<Pin<Box<Waiter>>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling { #[pin] future: F },
+        Waiting,
+        Readying,
+    }
+}
+
+pin_project! {
+    struct Waiter {
+        #[pin]
+        sleep: Sleep,
+        delays: backoff::Iter,
+    }
+}
+
+/// Why a failed result is returned rather than retried.
+enum Verdict {
+    Final,
+    Retry(Duration),
+}
+
+impl<S, Req, C> ResponseFuture<S, Req, C>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        request: Option<Req>,
+        params: Arc<Params>,
+        classify: C,
+        start: Option<Instant>,
+    ) -> Self {
+        Self {
+            state: State::Calling { future },
+            service,
+            request,
+            params,
+            classify,
+            attempts: 1,
+            start,
+            waiter: None,
+        }
+    }
+}
+
+/// Whether an error is a breaker rejection, directly or as the source of a boxed
+/// error (a breaker's own error type, or one wrapped by a layer in between).
+pub(crate) fn is_open<E: 'static>(error: &E) -> bool {
+    let any: &dyn Any = error;
+    if any.is::<Open>() {
+        return true;
+    }
+    let Some(boxed) = any.downcast_ref::<BoxError>() else {
+        return false;
+    };
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(boxed.as_ref());
+    while let Some(e) = next {
+        if e.is::<Open>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+impl<S, Req, C> Future for ResponseFuture<S, Req, C>
+where
+    S: Service<Req>,
+    S::Error: 'static,
+    Req: Clone,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    let params = &**this.params;
+                    let verdict = if *this.attempts >= params.max_attempts
+                        || this.request.is_none()
+                        || matches!(&result, Err(e) if is_open(e))
+                        || this.classify.classify(&result) != Outcome::Failure
+                    {
+                        Verdict::Final
+                    } else {
+                        let waiter = this.waiter.get_or_insert_with(|| {
+                            Box::pin(Waiter {
+                                sleep: tokio::time::sleep(Duration::ZERO),
+                                delays: params.backoff.iter(),
+                            })
+                        });
+                        let delay = waiter.as_mut().project().delays.next().unwrap_or_default();
+                        decide(params, *this.attempts, delay, *this.start, result.is_err())
+                    };
+                    match verdict {
+                        Verdict::Final => return Poll::Ready(result),
+                        Verdict::Retry(delay) => {
+                            if let Some(waiter) = this.waiter.as_mut() {
+                                let deadline = Instant::now() + delay;
+                                waiter.as_mut().project().sleep.reset(deadline);
+                            }
+                            this.state.set(State::Waiting);
+                        }
+                    }
+                }
+                StateProj::Waiting => {
+                    if let Some(waiter) = this.waiter.as_mut() {
+                        ready!(waiter.as_mut().project().sleep.poll(cx));
+                    }
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    ready!(this.service.poll_ready(cx))?;
+                    let Some(request) = this.request.take() else {
+                        // `decide` checked a copy was kept; nothing left to send.
+                        unreachable_state();
+                        return Poll::Pending;
+                    };
+                    *this.attempts += 1;
+                    if *this.attempts < this.params.max_attempts {
+                        *this.request = Some(request.clone());
+                    }
+                    let future = this.service.call(request);
+                    this.state.set(State::Calling { future });
+                }
+            }
+        }
+    }
+}
+
+#[cold]
+fn unreachable_state() {
+    debug_assert!(false, "retry future waiting without a request to send");
+}
+
+/// The limits that apply once a result is a retryable failure.
+fn decide(
+    params: &Params,
+    attempts: u32,
+    delay: Duration,
+    start: Option<Instant>,
+    is_err: bool,
+) -> Verdict {
+    let why = if is_err { "error" } else { "failure response" };
+    if let (Some(max), Some(start)) = (params.max_elapsed, start) {
+        let elapsed = start.elapsed();
+        if elapsed + delay > max {
+            tracing::info!(
+                target: "steadfast::retry",
+                attempt = attempts,
+                delay_ms = delay.as_millis() as u64,
+                elapsed_ms = elapsed.as_millis() as u64,
+                why,
+                "retry refused: it would end past max_elapsed"
+            );
+            return Verdict::Final;
+        }
+    }
+    if !params.budget.withdraw() {
+        tracing::info!(
+            target: "steadfast::retry",
+            attempt = attempts,
+            why,
+            "retry refused: the retry budget is spent"
+        );
+        return Verdict::Final;
+    }
+    tracing::debug!(
+        target: "steadfast::retry",
+        attempt = attempts,
+        delay_ms = delay.as_millis() as u64,
+        why,
+        "retrying"
+    );
+    Verdict::Retry(delay)
+}
+
+impl<S, Req, C> fmt::Debug for ResponseFuture<S, Req, C>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,195 @@
+//! Retries with jittered backoff inside a budget: absorb a blip, never feed an outage.
+//!
+//! [`RetryLayer`] wraps a service with a [`RetryPolicy`]: a failed call (as the
+//! policy's classifier decides) is sent again after the next delay of its backoff,
+//! while `max_attempts`, `max_elapsed` and the shared [`Budget`] allow. The budget is
+//! what keeps retries from turning an outage into a retry storm: see its docs.
+//!
+//! Put the retry layer *outside* a breaker: a breaker rejection
+//! ([`Open`](crate::breaker::error::Open)) is never retried, so once the breaker opens
+//! the retries stop with it.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), steadfast::BoxError> {
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::sync::Arc;
+//! use steadfast::retry::{RetryLayer, RetryPolicy};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//!
+//! // A downstream that fails its first two calls.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let downstream = service_fn({
+//!     let calls = calls.clone();
+//!     move |_: ()| {
+//!         let n = calls.fetch_add(1, Ordering::SeqCst);
+//!         async move { if n < 2 { Err("blip") } else { Ok("hello") } }
+//!     }
+//! });
+//! let mut client = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(RetryPolicy::new().max_attempts(3))?)
+//!     .service(downstream);
+//! assert_eq!(client.ready().await?.call(()).await?, "hello");
+//! assert_eq!(calls.load(Ordering::SeqCst), 3);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::backoff::Backoff;
+use crate::outcome::ErrorsAsFailures;
+use crate::stripe::thread_slot;
+use crate::Classify;
+
+mod budget;
+mod layer;
+mod policy;
+
+pub mod future;
+
+pub use self::budget::Budget;
+pub use self::layer::RetryLayer;
+pub use self::policy::{
+    RetryPolicy, DEFAULT_BACKOFF, DEFAULT_BUDGET_MIN_PER_SEC, DEFAULT_BUDGET_RATIO,
+    DEFAULT_BUDGET_TTL, DEFAULT_MAX_ATTEMPTS,
+};
+
+use self::future::ResponseFuture;
+
+/// What a response future needs of the policy. One copy per thread slot, so that
+/// threads do not share the refcount a future takes.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Params {
+    max_attempts: u32,
+    backoff: Backoff,
+    max_elapsed: Option<Duration>,
+    budget: Budget,
+}
+
+/// The policy without its classifier, shared by a layer and its services.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    handles: Box<[Arc<Params>]>,
+}
+
+impl Settings {
+    pub(crate) fn new<C>(policy: &RetryPolicy<C>) -> Self {
+        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let handles = (parallelism * 2).next_power_of_two().min(64);
+        Self {
+            handles: (0..handles)
+                .map(|_| {
+                    Arc::new(Params {
+                        max_attempts: policy.max_attempts,
+                        backoff: policy.backoff,
+                        max_elapsed: policy.max_elapsed,
+                        budget: policy.budget.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn params(&self) -> &Arc<Params> {
+        &self.handles[thread_slot() & (self.handles.len() - 1)]
+    }
+}
+
+/// A service whose failed calls are retried; built by [`RetryLayer`].
+///
+/// Requests must be `Clone`: each attempt sends a copy. The service is cloned once per
+/// request: the future takes the readied service and leaves the clone behind, and polls
+/// it ready again before every retry. Errors are the inner service's, unchanged.
+pub struct Retry<S, C = ErrorsAsFailures> {
+    inner: S,
+    settings: Arc<Settings>,
+    classify: C,
+}
+
+impl<S, C> Retry<S, C> {
+    pub(crate) fn from_parts(inner: S, settings: Arc<Settings>, classify: C) -> Self {
+        Self {
+            inner,
+            settings,
+            classify,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The budget retries are drawn from.
+    pub fn budget(&self) -> &Budget {
+        &self.settings.params().budget
+    }
+}
+
+impl<S: Clone, C: Clone> Clone for Retry<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            settings: self.settings.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for Retry<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, Req> Service<Req> for Retry<S, C>
+where
+    S: Service<Req> + Clone,
+    S::Error: 'static,
+    Req: Clone,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, Req, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        let params = self.settings.params().clone();
+        params.budget.deposit();
+        let copy = (params.max_attempts > 1).then(|| request.clone());
+        let start = params.max_elapsed.map(|_| Instant::now());
+        // Clone and swap: the future takes the instance that was polled ready.
+        let clone = self.inner.clone();
+        let mut service = std::mem::replace(&mut self.inner, clone);
+        let future = service.call(request);
+        ResponseFuture::new(future, service, copy, params, self.classify.clone(), start)
+    }
+}

@@ -1,0 +1,155 @@
+//! Thread slots and thread-owned counters.
+//!
+//! A counter written by every call from several threads is a cache line bouncing
+//! between cores. Striping counters by thread removes that; and a stripe that only one
+//! thread ever writes needs no read-modify-write at all, a plain load and store. Thread
+//! slots are small numbers unique among live threads, reused after a thread exits, so a
+//! fixed array of stripes covers every thread of a typical runtime; threads beyond it
+//! share one last stripe updated with `fetch_add`.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+
+/// Adds one to a counter; `owned` when only this thread ever writes it.
+#[inline(always)]
+pub(crate) fn bump(counter: &AtomicU64, owned: bool) {
+    if owned {
+        counter.store(counter.load(Relaxed) + 1, Relaxed);
+    } else {
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+/// A thread slot: a small number unique among live threads. Slots are reused after a
+/// thread exits, so they stay dense. The mutex hand-over on exit orders the old
+/// thread's last counter stores before the new holder's first load.
+struct ThreadSlot(usize);
+
+static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+impl ThreadSlot {
+    fn acquire() -> Self {
+        let reused = FREE_SLOTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        ThreadSlot(reused.unwrap_or_else(|| NEXT_SLOT.fetch_add(1, Relaxed)))
+    }
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        FREE_SLOTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self.0);
+    }
+}
+
+thread_local! {
+    static SLOT: ThreadSlot = ThreadSlot::acquire();
+}
+
+/// This thread's slot; `usize::MAX` while thread-locals are being torn down.
+#[inline]
+pub(crate) fn thread_slot() -> usize {
+    SLOT.try_with(|s| s.0).unwrap_or(usize::MAX)
+}
+
+// --- stamped counters ----------------------------------------------------------------------
+
+/// Bits of a stamped counter holding the count; the rest hold the stamp (a tick).
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+const STAMP_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
+/// A stamped counter stops counting this far below its limit, so concurrent adds that
+/// passed the check can never carry into the stamp: it saturates instead of wrapping.
+pub(crate) const SATURATED: u64 = COUNT_MASK - 4096;
+
+/// A tick as stored in a stamped counter.
+#[inline]
+pub(crate) fn stamp(tick: u64) -> u64 {
+    tick & STAMP_MASK
+}
+
+/// Adds one to a counter stamped with `tick`: counts if the stamp is `tick`, starts
+/// over at one if it is older, and drops the add if it is newer (a late add for a
+/// bucket already recycled). `owned` when only this thread writes the counter.
+#[inline]
+pub(crate) fn bump_stamped(counter: &AtomicU64, tick: u64, owned: bool) {
+    let tick = stamp(tick);
+    let mut current = counter.load(Relaxed);
+    loop {
+        let age = tick.wrapping_sub(current >> COUNT_BITS) & STAMP_MASK;
+        let next = if age == 0 {
+            if current & COUNT_MASK >= SATURATED {
+                return;
+            }
+            if !owned {
+                counter.fetch_add(1, Relaxed);
+                return;
+            }
+            current + 1
+        } else if age < STAMP_MASK / 2 {
+            tick << COUNT_BITS | 1
+        } else {
+            return;
+        };
+        if owned {
+            counter.store(next, Relaxed);
+            return;
+        }
+        match counter.compare_exchange_weak(current, next, Relaxed, Relaxed) {
+            Ok(_) => return,
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+/// The count of a stamped counter if its stamp is among the `span` ticks up to `tick`.
+#[inline]
+pub(crate) fn live_count(counter: &AtomicU64, tick: u64, span: u64) -> u64 {
+    let v = counter.load(Relaxed);
+    let age = stamp(tick).wrapping_sub(v >> COUNT_BITS) & STAMP_MASK;
+    if age < span {
+        v & COUNT_MASK
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamped_counters_count_recycle_and_ignore_late_adds() {
+        for owned in [true, false] {
+            let c = AtomicU64::new(0);
+            bump_stamped(&c, 5, owned);
+            bump_stamped(&c, 5, owned);
+            assert_eq!(live_count(&c, 5, 1), 2);
+            assert_eq!(live_count(&c, 14, 10), 2);
+            assert_eq!(live_count(&c, 15, 10), 0);
+            bump_stamped(&c, 15, owned);
+            assert_eq!(live_count(&c, 15, 1), 1);
+            // A late add for tick 5 must not wipe tick 15's count.
+            bump_stamped(&c, 5, owned);
+            assert_eq!(live_count(&c, 15, 1), 1);
+            c.store(stamp(15) << COUNT_BITS | SATURATED, Relaxed);
+            bump_stamped(&c, 15, owned);
+            assert_eq!(live_count(&c, 15, 1), SATURATED);
+        }
+    }
+
+    #[test]
+    fn thread_slots_are_reused() {
+        let a = std::thread::spawn(thread_slot).join().unwrap();
+        let b = std::thread::spawn(thread_slot).join().unwrap();
+        // The second thread starts after the first exited and may take its slot; with
+        // tests running in parallel another thread may have taken it first.
+        assert!(a != usize::MAX && b != usize::MAX);
+        assert_ne!(thread_slot(), usize::MAX);
+    }
+}
