@@ -277,6 +277,13 @@ mod tests {
         // After the ttl both deposits and withdrawals are gone.
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(budget.balance(), Some(0.0));
+        // This thread last read the clock at its 1st deposit and reads it again at its
+        // 17th: deposits 11 to 16 are filed under the old time and already expired.
+        // Late filing only ever loses credit, never adds it.
+        for _ in 0..6 {
+            budget.deposit();
+        }
+        assert_eq!(budget.balance(), Some(0.0));
         for _ in 0..4 {
             budget.deposit();
         }
