@@ -7,10 +7,12 @@
 //!
 //! A [`TimeWindow`] holds the calls of the last `T` in ten buckets of `T / 10` each.
 //! Every bucket counter packs the bucket's tick with its count in one `AtomicU64`, so a
-//! stale bucket is recycled by the compare-exchange that also counts the new call: no
-//! reset can lose a concurrent increment. Memory is ten buckets whatever the call rate.
+//! stale bucket is recycled by the same write that counts the new call, and counts of
+//! calls are kept per thread. Memory is fixed whatever the call rate.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::stripe::{bump_stamped, live_count, stamp, thread_slot};
 use std::time::Duration;
 
 /// Calls, failures and slow calls currently in a window.
@@ -117,97 +119,82 @@ impl CountWindow {
 
 /// Number of buckets in a time window: it slides in tenths.
 pub(crate) const BUCKETS: u64 = 10;
-const COUNT_BITS: u32 = 24;
-const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-const STAMP_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
-/// A bucket counter stops counting this far below its limit, so concurrent adds that
-/// passed the check can never carry into the stamp. 16.7 million calls per bucket is
-/// far above any real call rate; past it the bucket saturates instead of wrapping.
-const SATURATED: u64 = COUNT_MASK - 4096;
 
-#[derive(Debug, Default)]
-struct Bucket {
-    calls: AtomicU64,
-    failures: AtomicU64,
-    slow: AtomicU64,
-}
+type Ring = [AtomicU64; BUCKETS as usize];
 
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     /// Bucket width in nanoseconds.
     width: u64,
-    buckets: Box<[CachePadded<Bucket>]>,
-}
-
-/// Adds one to the counter for `stamp`, recycling the counter if it holds an older one.
-#[inline]
-fn bump(counter: &AtomicU64, stamp: u64) {
-    let mut current = counter.load(Relaxed);
-    loop {
-        if current >> COUNT_BITS == stamp {
-            if current & COUNT_MASK < SATURATED {
-                counter.fetch_add(1, Relaxed);
-            }
-            return;
-        }
-        match counter.compare_exchange_weak(current, stamp << COUNT_BITS | 1, Relaxed, Relaxed) {
-            Ok(_) => return,
-            Err(actual) => current = actual,
-        }
-    }
+    /// Calls per bucket, one ring per thread slot (see [`crate::stripe`]): every call
+    /// adds to one, so two threads never share its cache line. Summed only when a
+    /// failure or slow call needs the rate.
+    calls: Box<[CachePadded<Ring>]>,
+    failures: CachePadded<Ring>,
+    slow: CachePadded<Ring>,
 }
 
 impl TimeWindow {
     pub(crate) fn new(window: Duration) -> Self {
         let nanos = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let stripes = (parallelism * 2).clamp(8, 128);
         Self {
             width: (nanos / BUCKETS).max(1),
-            buckets: (0..BUCKETS).map(|_| CachePadded::default()).collect(),
+            calls: (0..=stripes).map(|_| CachePadded::default()).collect(),
+            failures: CachePadded::default(),
+            slow: CachePadded::default(),
         }
     }
 
     /// The tick of an instant given as nanoseconds since the breaker's start.
     #[inline]
     pub(crate) fn tick(&self, elapsed_nanos: u64) -> u64 {
-        (elapsed_nanos / self.width) & STAMP_MASK
+        stamp(elapsed_nanos / self.width)
     }
 
     #[inline]
     pub(crate) fn record(&self, failed: bool, slow: bool, tick: u64) -> Option<Totals> {
-        let bucket = &self.buckets[(tick % BUCKETS) as usize];
-        bump(&bucket.calls, tick);
+        let bucket = (tick % BUCKETS) as usize;
+        let slot = thread_slot();
+        let last = self.calls.len() - 1;
+        let (ring, owned) = if slot < last {
+            (&self.calls[slot], true)
+        } else {
+            (&self.calls[last], false)
+        };
+        bump_stamped(&ring[bucket], tick, owned);
         if failed {
-            bump(&bucket.failures, tick);
+            bump_stamped(&self.failures[bucket], tick, false);
         }
         if slow {
-            bump(&bucket.slow, tick);
+            bump_stamped(&self.slow[bucket], tick, false);
         }
         (failed || slow).then(|| self.totals(tick))
     }
 
     pub(crate) fn totals(&self, tick: u64) -> Totals {
-        let live = |counter: &AtomicU64| {
-            let v = counter.load(Relaxed);
-            let age = tick.wrapping_sub(v >> COUNT_BITS) & STAMP_MASK;
-            if age < BUCKETS {
-                v & COUNT_MASK
-            } else {
-                0
-            }
+        let sum = |ring: &Ring| {
+            ring.iter()
+                .map(|c| live_count(c, tick, BUCKETS))
+                .sum::<u64>()
         };
-        self.buckets.iter().fold(Totals::default(), |t, b| Totals {
-            calls: t.calls + live(&b.calls),
-            failures: t.failures + live(&b.failures),
-            slow: t.slow + live(&b.slow),
-        })
+        Totals {
+            calls: self.calls.iter().map(|r| sum(r)).sum(),
+            failures: sum(&self.failures),
+            slow: sum(&self.slow),
+        }
     }
 
+    /// Empties the window. A call recorded at the same moment by a thread into its own
+    /// ring may survive the reset: at most one call per thread from before it.
     pub(crate) fn reset(&self) {
-        for b in self.buckets.iter() {
-            // Stamp zero with count zero counts nothing, whatever the tick.
-            b.calls.store(0, Relaxed);
-            b.failures.store(0, Relaxed);
-            b.slow.store(0, Relaxed);
+        let rings = self.calls.iter().map(|r| &r.0);
+        for ring in rings.chain([&self.failures.0, &self.slow.0]) {
+            for c in ring {
+                // Stamp zero with count zero counts nothing, whatever the tick.
+                c.store(0, Relaxed);
+            }
         }
     }
 }
@@ -215,6 +202,7 @@ impl TimeWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stripe::SATURATED;
 
     #[test]
     fn count_window_holds_exactly_the_last_n() {
@@ -266,9 +254,10 @@ mod tests {
     #[test]
     fn time_window_saturates_instead_of_wrapping() {
         let w = TimeWindow::new(Duration::from_secs(1));
-        let b = &w.buckets[0];
-        b.calls.store(SATURATED, Relaxed);
+        for ring in w.calls.iter() {
+            ring[0].store(SATURATED, Relaxed);
+        }
         w.record(false, false, 0);
-        assert_eq!(w.totals(0).calls, SATURATED);
+        assert_eq!(w.totals(0).calls, SATURATED * w.calls.len() as u64);
     }
 }
