@@ -1,1 +1,260 @@
-fn main() {}
+//! Retry overhead on the success path: what a retry layer costs per call when the
+//! inner service never fails, so no retry is ever made. This is the cost every
+//! request pays for having retries configured at all.
+//!
+//! The inner service is a trivial `service_fn` returning its request. Rows:
+//!
+//! - `bare`: the inner service alone, the baseline;
+//! - `steadfast/budget`: steadfast's `RetryLayer` with the default policy (3 attempts,
+//!   a budget of 20% of requests plus 10/s over 10 s): each call deposits;
+//! - `steadfast/unlimited`: the same with `Budget::unlimited()` (no deposit);
+//! - `tower/never_retry`: `tower::retry::RetryLayer` with a policy that clones the
+//!   request and never retries (the cost of tower's retry machinery alone);
+//! - `tower/budget`: `tower::retry::RetryLayer` with a policy holding a
+//!   `tower::retry::budget::TpsBudget` of the same figures (10 s, 10/s, 20%),
+//!   depositing on every success as tower's docs show.
+//!
+//! Two groups: `retry/single` (one task on a current-thread runtime) and
+//! `retry/shared_2_threads` (two OS threads, each with its own current-thread runtime
+//! and its own clone of a service built once, so both share one layer and one budget).
+//! Figures are time per call (per thread in the shared group).
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo bench --bench retry
+//! ```
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::Ready;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use steadfast::retry::{Budget, RetryLayer, RetryPolicy};
+use tokio::runtime::{Builder, Runtime};
+use tower::retry::budget::{Budget as _, TpsBudget};
+use tower::{Layer, Service, ServiceExt};
+
+// ---------------------------------------------------------------------------
+// The inner service
+// ---------------------------------------------------------------------------
+
+/// The trivial inner service. Returned as `impl Service` (not a `fn` pointer) so the
+/// closure stays a zero-sized, inlinable type in every row.
+fn inner(
+) -> impl Service<u64, Response = u64, Error = Infallible, Future = Ready<Result<u64, Infallible>>>
+       + Clone
+       + Send
+       + 'static {
+    tower::service_fn(|x: u64| std::future::ready(Ok::<u64, Infallible>(x)))
+}
+
+// ---------------------------------------------------------------------------
+// tower retry policies
+// ---------------------------------------------------------------------------
+
+/// A tower policy that keeps a copy of the request (as any retrying policy must) and
+/// never retries.
+#[derive(Clone, Copy, Debug)]
+struct NeverRetry;
+
+impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for NeverRetry {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _req: &mut Req, _result: &mut Result<Res, E>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+/// The budgeted policy of tower's `retry::budget` docs: a success deposits and is not
+/// retried; an error is retried (at once) if the budget allows a withdrawal. The
+/// budget is shared by every clone through the `Arc`.
+#[derive(Clone, Debug)]
+struct TpsBudgetPolicy {
+    budget: Arc<TpsBudget>,
+}
+
+impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for TpsBudgetPolicy {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _req: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        match result {
+            Ok(_) => {
+                self.budget.deposit();
+                None
+            }
+            Err(_) => self.budget.withdraw().then(|| std::future::ready(())),
+        }
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Row constructors
+// ---------------------------------------------------------------------------
+
+/// steadfast: the default policy, which has a budget (20% + 10/s over 10 s).
+fn steadfast_budget(
+) -> impl Service<u64, Response = u64, Error = Infallible> + Clone + Send + 'static {
+    RetryLayer::new(RetryPolicy::new())
+        .expect("valid steadfast policy")
+        .layer(inner())
+}
+
+/// steadfast: the default policy with `Budget::unlimited()`.
+fn steadfast_unlimited(
+) -> impl Service<u64, Response = u64, Error = Infallible> + Clone + Send + 'static {
+    RetryLayer::new(RetryPolicy::new().budget(Budget::unlimited()))
+        .expect("valid steadfast policy")
+        .layer(inner())
+}
+
+/// tower: `tower::retry::RetryLayer` with a policy that never retries.
+fn tower_never_retry(
+) -> impl Service<u64, Response = u64, Error = Infallible> + Clone + Send + 'static {
+    tower::retry::RetryLayer::new(NeverRetry).layer(inner())
+}
+
+/// tower: `tower::retry::RetryLayer` with a `TpsBudget` of steadfast's default figures
+/// (ttl 10 s, 10 retries a second, 20% of requests).
+fn tower_budget() -> impl Service<u64, Response = u64, Error = Infallible> + Clone + Send + 'static
+{
+    let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
+    tower::retry::RetryLayer::new(TpsBudgetPolicy { budget }).layer(inner())
+}
+
+// ---------------------------------------------------------------------------
+// Drivers
+// ---------------------------------------------------------------------------
+
+/// Makes `iters` calls through `svc`, one after another, in the calling task.
+async fn drive<S>(svc: &mut S, iters: u64)
+where
+    S: Service<u64, Response = u64>,
+    S::Error: Debug,
+{
+    for i in 0..iters {
+        let resp = svc
+            .ready()
+            .await
+            .expect("poll_ready failed")
+            .call(black_box(i))
+            .await
+            .expect("call failed");
+        black_box(resp);
+    }
+}
+
+fn current_thread_runtime() -> Runtime {
+    Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// One task: time `iters` calls as one batch.
+fn bench_single<S>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, id: &str, svc: S)
+where
+    S: Service<u64, Response = u64> + Clone,
+    S::Error: Debug,
+{
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let mut svc = svc.clone();
+            rt.block_on(async move {
+                let start = Instant::now();
+                drive(&mut svc, iters).await;
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// Two OS threads, each on its own current-thread runtime with its own clone of
+/// `svc` (all clones share one layer and its budget), each making `iters` calls.
+/// Returns the wall time from the first thread's start to the last thread's finish,
+/// so criterion reports time per call per thread.
+fn bench_shared<S>(group: &mut BenchmarkGroup<'_, WallTime>, rts: &[Runtime; 2], id: &str, svc: S)
+where
+    S: Service<u64, Response = u64> + Clone + Send,
+    S::Error: Debug,
+{
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let barrier = Barrier::new(rts.len());
+            let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = rts
+                    .iter()
+                    .map(|rt| {
+                        let mut svc = svc.clone();
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            barrier.wait();
+                            rt.block_on(async move {
+                                let start = Instant::now();
+                                drive(&mut svc, iters).await;
+                                (start, Instant::now())
+                            })
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("bench thread panicked"))
+                    .collect()
+            });
+            let first_start = spans.iter().map(|s| s.0).min().expect("two spans");
+            let last_end = spans.iter().map(|s| s.1).max().expect("two spans");
+            last_end - first_start
+        })
+    });
+}
+
+/// Runs `$bench` once per row, so both groups have the same rows in the same order.
+/// A macro rather than a list because every row is a different service type.
+macro_rules! rows {
+    ($bench:ident, $group:expr, $rt:expr) => {{
+        $bench($group, $rt, "bare", inner());
+        $bench($group, $rt, "steadfast/budget", steadfast_budget());
+        $bench($group, $rt, "steadfast/unlimited", steadfast_unlimited());
+        $bench($group, $rt, "tower/never_retry", tower_never_retry());
+        $bench($group, $rt, "tower/budget", tower_budget());
+    }};
+}
+
+fn single(c: &mut Criterion) {
+    let rt = current_thread_runtime();
+    // Build the services inside the runtime context, where tokio's clock lives.
+    let _enter = rt.enter();
+    let mut group = c.benchmark_group("retry/single");
+    rows!(bench_single, &mut group, &rt);
+    group.finish();
+}
+
+fn shared_2_threads(c: &mut Criterion) {
+    let rts = [current_thread_runtime(), current_thread_runtime()];
+    let _enter = rts[0].enter();
+    let mut group = c.benchmark_group("retry/shared_2_threads");
+    rows!(bench_shared, &mut group, &rts);
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    targets = single, shared_2_threads
+}
+criterion_main!(benches);

@@ -78,7 +78,14 @@ pub(crate) fn stamp(tick: u64) -> u64 {
 /// bucket already recycled). `owned` when only this thread writes the counter.
 #[inline]
 pub(crate) fn bump_stamped(counter: &AtomicU64, tick: u64, owned: bool) {
+    add_stamped(counter, tick, 1, owned);
+}
+
+/// [`bump_stamped`] by `n` (at most 4096, the margin below saturation).
+#[inline]
+pub(crate) fn add_stamped(counter: &AtomicU64, tick: u64, n: u64, owned: bool) {
     let tick = stamp(tick);
+    let n = n.min(4096);
     let mut current = counter.load(Relaxed);
     loop {
         let age = tick.wrapping_sub(current >> COUNT_BITS) & STAMP_MASK;
@@ -87,12 +94,12 @@ pub(crate) fn bump_stamped(counter: &AtomicU64, tick: u64, owned: bool) {
                 return;
             }
             if !owned {
-                counter.fetch_add(1, Relaxed);
+                counter.fetch_add(n, Relaxed);
                 return;
             }
-            current + 1
+            current + n
         } else if age < STAMP_MASK / 2 {
-            tick << COUNT_BITS | 1
+            tick << COUNT_BITS | n
         } else {
             return;
         };

@@ -12,12 +12,12 @@
 //!
 //! # Cost
 //!
-//! A deposit is made by every request, so it must be cheap: it adds to a time-bucketed
-//! counter owned by the calling thread (a plain store, no lock, no read-modify-write),
-//! and reads the clock once every 16 deposits to move to the current bucket. A thread
-//! whose clock reading is late files its deposits under an earlier time, so they expire
+//! A deposit is made by every request, so it must be cheap: it adds one to a pending
+//! count owned by the calling thread (a plain store, no lock, no read-modify-write).
+//! Every 16th deposit reads the clock and files the pending deposits in the time bucket
+//! of the thread's previous clock reading. Deposits filed under an earlier time expire
 //! sooner: the budget can only err toward fewer retries, never more. A withdrawal (a
-//! retry) reads the clock and sums the buckets.
+//! retry) reads the clock and sums the buckets and the pending counts.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{check_duration, ConfigError};
-use crate::stripe::{bump_stamped, live_count, thread_slot};
+use crate::stripe::{add_stamped, bump_stamped, live_count, thread_slot};
 
 /// Buckets per `ttl`: deposits and withdrawals expire in steps of a tenth.
 const BUCKETS: u64 = 10;
@@ -58,8 +58,8 @@ pub struct Budget {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Stripe {
-    /// Deposits since this stripe last read the clock.
-    since: AtomicU64,
+    /// Deposits since this stripe last read the clock, not yet filed in `deposits`.
+    pending: AtomicU64,
     /// The tick read then.
     tick: AtomicU64,
     deposits: [AtomicU64; BUCKETS as usize],
@@ -179,30 +179,67 @@ impl Inner {
     fn deposit(&self) {
         let slot = thread_slot();
         let last = self.stripes.len() - 1;
-        let (stripe, owned) = if slot < last {
-            (&self.stripes[slot], true)
+        if slot < last {
+            let stripe = &self.stripes[slot];
+            let pending = stripe.pending.load(Relaxed);
+            if pending == 0 || pending >= REFRESH {
+                self.refresh(stripe, pending, true);
+            } else {
+                stripe.pending.store(pending + 1, Relaxed);
+            }
         } else {
-            (&self.stripes[last], false)
-        };
-        let since = stripe.since.load(Relaxed);
-        let tick = if since == 0 || since >= REFRESH {
-            let tick = self.tick();
-            stripe.tick.store(tick, Relaxed);
-            stripe.since.store(1, Relaxed);
-            tick
+            // Shared by the threads beyond the owned stripes: the refresh takes the
+            // pending count with a swap, so no deposit is filed twice.
+            let stripe = &self.stripes[last];
+            if stripe.pending.fetch_add(1, Relaxed) + 1 >= REFRESH {
+                let pending = stripe.pending.swap(0, Relaxed);
+                self.refresh(stripe, pending, false);
+            }
+        }
+    }
+
+    /// Files `pending` deposits under the stripe's last tick and reads the clock. The
+    /// deposit being made is left pending under the new tick.
+    #[cold]
+    fn refresh(&self, stripe: &Stripe, pending: u64, owned: bool) {
+        let old = stripe.tick.load(Relaxed);
+        let tick = self.tick();
+        stripe.tick.store(tick, Relaxed);
+        if owned {
+            stripe.pending.store(1, Relaxed);
         } else {
-            stripe.since.store(since + 1, Relaxed);
-            stripe.tick.load(Relaxed)
-        };
-        bump_stamped(&stripe.deposits[(tick % BUCKETS) as usize], tick, owned);
+            stripe.pending.fetch_add(1, Relaxed);
+        }
+        // `pending` counts the deposit being made, now pending again.
+        let filed = pending.saturating_sub(1);
+        if filed > 0 {
+            add_stamped(
+                &stripe.deposits[(old % BUCKETS) as usize],
+                old,
+                filed,
+                owned,
+            );
+        }
     }
 
     fn totals(&self, tick: u64) -> (u64, u64) {
         let deposits = self
             .stripes
             .iter()
-            .flat_map(|s| s.deposits.iter())
-            .map(|c| live_count(c, tick, BUCKETS))
+            .map(|s| {
+                let filed: u64 = s
+                    .deposits
+                    .iter()
+                    .map(|c| live_count(c, tick, BUCKETS))
+                    .sum();
+                let age = tick.saturating_sub(s.tick.load(Relaxed));
+                let pending = if age < BUCKETS {
+                    s.pending.load(Relaxed)
+                } else {
+                    0
+                };
+                filed + pending
+            })
             .sum();
         let withdrawals = self
             .withdrawals

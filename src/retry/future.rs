@@ -59,10 +59,11 @@ pin_project! {
     }
 }
 
-/// Why a failed result is returned rather than retried.
+/// What to do with a failed result.
 enum Verdict {
     Final,
-    Retry(Duration),
+    /// Wait on the (reset) waiter, then call again.
+    Retry,
 }
 
 impl<S, Req, C> ResponseFuture<S, Req, C>
@@ -119,38 +120,30 @@ where
 {
     type Output = Result<S::Response, S::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx));
-                    let params = &**this.params;
-                    let verdict = if *this.attempts >= params.max_attempts
-                        || this.request.is_none()
-                        || matches!(&result, Err(e) if is_open(e))
-                        || this.classify.classify(&result) != Outcome::Failure
-                    {
-                        Verdict::Final
-                    } else {
-                        let waiter = this.waiter.get_or_insert_with(|| {
-                            Box::pin(Waiter {
-                                sleep: tokio::time::sleep(Duration::ZERO),
-                                delays: params.backoff.iter(),
-                            })
-                        });
-                        let delay = waiter.as_mut().project().delays.next().unwrap_or_default();
-                        decide(params, *this.attempts, delay, *this.start, result.is_err())
-                    };
-                    match verdict {
+                    // The healthy path: a result the classifier does not call a failure
+                    // is final, and none of the retry machinery is touched.
+                    if this.classify.classify(&result) != Outcome::Failure {
+                        return Poll::Ready(result);
+                    }
+                    let can_retry =
+                        this.request.is_some() && !matches!(&result, Err(e) if is_open(e));
+                    match retry_after_failure(
+                        this.params,
+                        this.waiter,
+                        *this.attempts,
+                        *this.start,
+                        can_retry,
+                        result.is_err(),
+                    ) {
                         Verdict::Final => return Poll::Ready(result),
-                        Verdict::Retry(delay) => {
-                            if let Some(waiter) = this.waiter.as_mut() {
-                                let deadline = Instant::now() + delay;
-                                waiter.as_mut().project().sleep.reset(deadline);
-                            }
-                            this.state.set(State::Waiting);
-                        }
+                        Verdict::Retry => this.state.set(State::Waiting),
                     }
                 }
                 StateProj::Waiting => {
@@ -183,14 +176,27 @@ fn unreachable_state() {
     debug_assert!(false, "retry future waiting without a request to send");
 }
 
-/// The limits that apply once a result is a retryable failure.
-fn decide(
+/// Decides whether a failed result is retried and, if so, arms the waiter.
+#[cold]
+#[inline(never)]
+fn retry_after_failure(
     params: &Params,
+    waiter: &mut Option<Pin<Box<Waiter>>>,
     attempts: u32,
-    delay: Duration,
     start: Option<Instant>,
+    can_retry: bool,
     is_err: bool,
 ) -> Verdict {
+    if !can_retry || attempts >= params.max_attempts {
+        return Verdict::Final;
+    }
+    let waiter = waiter.get_or_insert_with(|| {
+        Box::pin(Waiter {
+            sleep: tokio::time::sleep(Duration::ZERO),
+            delays: params.backoff.iter(),
+        })
+    });
+    let delay = waiter.as_mut().project().delays.next().unwrap_or_default();
     let why = if is_err { "error" } else { "failure response" };
     if let (Some(max), Some(start)) = (params.max_elapsed, start) {
         let elapsed = start.elapsed();
@@ -222,7 +228,12 @@ fn decide(
         why,
         "retrying"
     );
-    Verdict::Retry(delay)
+    waiter
+        .as_mut()
+        .project()
+        .sleep
+        .reset(Instant::now() + delay);
+    Verdict::Retry
 }
 
 impl<S, Req, C> fmt::Debug for ResponseFuture<S, Req, C>
