@@ -47,9 +47,11 @@
 pub mod backoff;
 pub mod breaker;
 mod config;
+pub mod health;
 mod outcome;
 pub mod retry;
 mod stripe;
+pub mod watchdog;
 
 pub use config::ConfigError;
 

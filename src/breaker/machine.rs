@@ -16,7 +16,7 @@
 //! threads sharing one breaker do not bounce a cache line on every call. A response
 //! future holds an `Arc` of its shard rather than of the shared state for the same reason.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -117,6 +117,8 @@ pub(crate) enum Reason {
     TrialTimedOut,
     Forced,
     Reset,
+    ProbesSucceeded,
+    ProbesFailed,
 }
 
 impl Reason {
@@ -131,6 +133,8 @@ impl Reason {
             Reason::TrialTimedOut => "trial call timed out",
             Reason::Forced => "forced",
             Reason::Reset => "reset",
+            Reason::ProbesSucceeded => "watchdog probes succeeded",
+            Reason::ProbesFailed => "watchdog probes failed",
         }
     }
 }
@@ -206,6 +210,13 @@ pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     trips: AtomicU64,
     counters: Box<[Counters]>,
+    /// Watchdogs attached: while any is, an open breaker waits for them to close it
+    /// instead of going half-open on its own timer.
+    watchdogs: AtomicUsize,
+    /// Held by the one watchdog probing this breaker.
+    probing: AtomicBool,
+    /// Set by a watchdog while the dependency is escalated.
+    escalated: AtomicBool,
     slow_path: Mutex<Slow>,
     watch: watch::Sender<State>,
 }
@@ -225,6 +236,8 @@ impl std::fmt::Debug for Shared {
 pub(crate) struct Core {
     pub(crate) shared: Arc<Shared>,
     shards: Box<[Arc<Shard>]>,
+    /// Dropped with the last `Breaker`: watchdogs see their receivers close and end.
+    alive: watch::Sender<()>,
 }
 
 impl Core {
@@ -263,6 +276,9 @@ impl Core {
             counters: (0..=stripes(parallelism))
                 .map(|_| Counters::default())
                 .collect(),
+            watchdogs: AtomicUsize::new(0),
+            probing: AtomicBool::new(false),
+            escalated: AtomicBool::new(false),
             slow_path: Mutex::new(Slow { open_delays }),
             watch: watch::channel(initial.state()).0,
             config,
@@ -277,13 +293,22 @@ impl Core {
                 })
             })
             .collect();
-        Self { shared, shards }
+        Self {
+            shared,
+            shards,
+            alive: watch::channel(()).0,
+        }
     }
 
     /// The shard for the calling thread.
     #[inline]
     pub(crate) fn shard(&self) -> &Arc<Shard> {
         &self.shards[thread_slot() & (self.shards.len() - 1)]
+    }
+
+    /// Closes when the last `Breaker` handle is dropped.
+    pub(crate) fn alive(&self) -> watch::Receiver<()> {
+        self.alive.subscribe()
     }
 
     pub(crate) fn counts(&self) -> Counts {
@@ -425,6 +450,11 @@ impl Shared {
                         return Admission::Reject {
                             retry_after: Some(Duration::from_nanos(until - now)),
                         };
+                    }
+                    if self.watchdogs.load(Acquire) > 0 {
+                        // A watchdog owns recovery: it closes the breaker when its
+                        // probes pass. When that will be is unknown.
+                        return Admission::Reject { retry_after: None };
                     }
                     if let Some(admission) = self.to_half_open(word, now) {
                         return admission;
@@ -635,6 +665,58 @@ impl Shared {
         let next = Word::new(kind, word.epoch().wrapping_add(1));
         self.install(word, next);
         self.announce(word.state(), next.state(), reason);
+    }
+
+    // --- watchdog hooks ------------------------------------------------------------------
+
+    pub(crate) fn attach_watchdog(&self) {
+        self.watchdogs.fetch_add(1, AcqRel);
+    }
+
+    /// A watchdog ended: with none left, an open breaker recovers on its own timer.
+    pub(crate) fn detach_watchdog(&self) {
+        let _ = self
+            .watchdogs
+            .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Takes the breaker's probe lock; `false` if another watchdog is probing.
+    pub(crate) fn try_lock_probe(&self) -> bool {
+        !self.probing.swap(true, AcqRel)
+    }
+
+    pub(crate) fn unlock_probe(&self) {
+        self.probing.store(false, Release);
+    }
+
+    pub(crate) fn set_escalated(&self, escalated: bool) {
+        self.escalated.store(escalated, Release);
+    }
+
+    pub(crate) fn is_escalated(&self) -> bool {
+        self.escalated.load(Acquire)
+    }
+
+    /// Probes passed: an open or half-open breaker closes.
+    pub(crate) fn close_by_probe(&self) -> bool {
+        let mut slow = self.lock();
+        let word = self.word();
+        if matches!(word.kind(), OPEN | HALF_OPEN) {
+            self.close(&mut slow, word, CLOSED, Reason::ProbesSucceeded);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Probes of a closed breaker failed: it opens before real traffic fails.
+    pub(crate) fn open_by_probe(&self) -> bool {
+        let word = self.word();
+        if word.kind() != CLOSED {
+            return false;
+        }
+        self.reopen(word.epoch(), CLOSED, Reason::ProbesFailed);
+        self.word().kind() == OPEN
     }
 
     /// `force_open`, `force_closed` and `reset`.

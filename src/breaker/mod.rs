@@ -75,10 +75,20 @@ pub use self::layer::BreakerLayer;
 pub use self::service::BreakerService;
 
 use self::builder::Config;
-use self::machine::Core;
+pub(crate) use self::machine::Core;
+
+/// The breaker's shared state, for the watchdog.
+pub(crate) mod machine_shared {
+    pub(crate) use super::machine::Shared;
+}
 
 /// The state of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "kebab-case")
+)]
 #[non_exhaustive]
 pub enum State {
     /// Calls go through and are counted.
@@ -128,6 +138,7 @@ impl fmt::Display for State {
 /// closed or from half-open. Current: `failure_rate` of the window, if there is one;
 /// `retry_after` while open.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Snapshot {
     /// The breaker's name.
@@ -235,6 +246,29 @@ impl Breaker {
     /// Closes the breaker with fresh windows and a fresh open backoff, from any state.
     pub fn reset(&self) {
         self.core.shared.set(State::Closed);
+    }
+
+    /// Whether a [watchdog](crate::watchdog) reports this dependency escalated: it
+    /// tripped more often than its restart intensity allows.
+    pub fn is_escalated(&self) -> bool {
+        self.core.shared.is_escalated()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<machine::Shared> {
+        &self.shared
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Core> {
+        Arc::downgrade(&self.core)
+    }
+
+    pub(crate) fn from_core(core: Arc<Core>) -> Self {
+        let shared = core.shared.clone();
+        Self { core, shared }
+    }
+
+    pub(crate) fn alive(&self) -> watch::Receiver<()> {
+        self.core.alive()
     }
 
     /// A [`BreakerLayer`] applying this breaker, with the default classifier.

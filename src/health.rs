@@ -1,0 +1,120 @@
+//! Readiness from breakers: take a service out of the load balancer while a dependency
+//! it cannot work without is down, and bring it back when it returns.
+//!
+//! [`Health::is_ready`] is false while any registered breaker is forced open or
+//! escalated by its [watchdog](crate::watchdog); a breaker that is merely open is still
+//! ready, since the service degrades gracefully and the breaker handles it.
+//! [`Health::snapshot`] lists every dependency with its state and figures, ready to be
+//! served as JSON from a `/health` route (with the `serde` feature).
+//!
+//! ```
+//! use steadfast::breaker::Breaker;
+//! use steadfast::health::Health;
+//!
+//! let db = Breaker::new("db");
+//! let health = Health::new();
+//! health.register(&db);
+//! assert!(health.is_ready());
+//! db.force_open();
+//! assert!(!health.is_ready());
+//! assert_eq!(health.snapshot().dependencies[0].breaker.name.as_ref(), "db");
+//! ```
+
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::breaker::{Breaker, Snapshot, State};
+
+/// A registry of breakers whose states decide readiness. Cheap to clone; clones share
+/// the registry.
+#[derive(Clone, Default)]
+pub struct Health {
+    breakers: Arc<RwLock<Vec<Breaker>>>,
+}
+
+/// One dependency in a [`HealthSnapshot`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Dependency {
+    /// The breaker's figures.
+    pub breaker: Snapshot,
+    /// Whether its watchdog reports it escalated.
+    pub escalated: bool,
+    /// Whether it makes the service not ready (escalated or forced open).
+    pub blocks_readiness: bool,
+}
+
+/// Every registered dependency at one moment, from [`Health::snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct HealthSnapshot {
+    /// Whether no dependency blocks readiness.
+    pub ready: bool,
+    /// The dependencies, in registration order.
+    pub dependencies: Vec<Dependency>,
+}
+
+fn blocks(breaker: &Breaker) -> bool {
+    breaker.is_escalated() || breaker.state() == State::ForcedOpen
+}
+
+impl Health {
+    /// An empty registry: ready.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a breaker (a clone of it is kept). Registering the same breaker twice
+    /// lists it twice.
+    pub fn register(&self, breaker: &Breaker) -> &Self {
+        self.breakers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(breaker.clone());
+        self
+    }
+
+    /// False while any registered breaker is escalated or forced open.
+    pub fn is_ready(&self) -> bool {
+        !self
+            .breakers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(blocks)
+    }
+
+    /// Every dependency's state and figures.
+    pub fn snapshot(&self) -> HealthSnapshot {
+        let dependencies: Vec<_> = self
+            .breakers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|b| Dependency {
+                breaker: b.snapshot(),
+                escalated: b.is_escalated(),
+                blocks_readiness: blocks(b),
+            })
+            .collect();
+        HealthSnapshot {
+            ready: !dependencies.iter().any(|d| d.blocks_readiness),
+            dependencies,
+        }
+    }
+}
+
+impl fmt::Debug for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self
+            .breakers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|b| b.name().to_owned())
+            .collect();
+        f.debug_struct("Health").field("breakers", &names).finish()
+    }
+}
