@@ -210,8 +210,13 @@ impl Inner {
         } else {
             stripe.pending.fetch_add(1, Relaxed);
         }
-        // `pending` counts the deposit being made, now pending again.
-        let filed = pending.saturating_sub(1);
+        // An owned stripe read `pending` before counting the deposit being made; the
+        // shared one counted it, and it is pending again under the new tick.
+        let filed = if owned {
+            pending
+        } else {
+            pending.saturating_sub(1)
+        };
         if filed > 0 {
             add_stamped(
                 &stripe.deposits[(old % BUCKETS) as usize],

@@ -91,8 +91,10 @@ where
     }
 }
 
-/// Whether an error is a breaker rejection, directly or as the source of a boxed
-/// error (a breaker's own error type, or one wrapped by a layer in between).
+/// Whether an error is a breaker rejection, directly or down the source chain of a
+/// boxed error (including an `io::Error` wrapping it). A layer between retry and
+/// breaker that turns errors into its own concrete type hides the rejection: keep
+/// errors boxed between the two.
 pub(crate) fn is_open<E: 'static>(error: &E) -> bool {
     let any: &dyn Any = error;
     if any.is::<Open>() {
@@ -106,7 +108,14 @@ pub(crate) fn is_open<E: 'static>(error: &E) -> bool {
         if e.is::<Open>() {
             return true;
         }
-        next = e.source();
+        // `io::Error::source` skips its own payload (`io::Error::other(open)`).
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(payload) => Some(payload as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }
