@@ -390,9 +390,11 @@ impl Shared {
         self.watch.subscribe()
     }
 
-    /// Time left before an open breaker may go half-open; `None` unless open.
+    /// Time left before an open breaker may go half-open; `None` unless open, or
+    /// while a watchdog owns recovery.
     pub(crate) fn retry_after(&self) -> Option<Duration> {
-        (self.word().kind() == OPEN).then(|| {
+        let watched = self.watchdogs.load(Acquire) > 0;
+        (self.word().kind() == OPEN && !watched).then(|| {
             let until = self.open_until.load(Acquire);
             Duration::from_nanos(until.saturating_sub(self.now()))
         })
@@ -444,17 +446,17 @@ impl Shared {
                 }
                 FORCED_OPEN => return Admission::Reject { retry_after: None },
                 OPEN => {
+                    if self.watchdogs.load(Acquire) > 0 {
+                        // A watchdog owns recovery: it closes the breaker when its
+                        // probes pass, whatever the open delay. When is unknown.
+                        return Admission::Reject { retry_after: None };
+                    }
                     let now = self.now();
                     let until = self.open_until.load(Acquire);
                     if now < until {
                         return Admission::Reject {
                             retry_after: Some(Duration::from_nanos(until - now)),
                         };
-                    }
-                    if self.watchdogs.load(Acquire) > 0 {
-                        // A watchdog owns recovery: it closes the breaker when its
-                        // probes pass. When that will be is unknown.
-                        return Admission::Reject { retry_after: None };
                     }
                     if let Some(admission) = self.to_half_open(word, now) {
                         return admission;
