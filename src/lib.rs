@@ -48,6 +48,8 @@ pub mod backoff;
 pub mod breaker;
 mod config;
 pub mod health;
+#[cfg(feature = "http")]
+pub mod http;
 mod outcome;
 pub mod retry;
 mod stripe;

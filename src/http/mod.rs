@@ -1,0 +1,7 @@
+//! HTTP: classifiers for responses and client errors, `Retry-After`, retries that are
+//! safe (idempotent requests only, bodies replayed byte for byte), and breaker
+//! rejections as `503 Service Unavailable`. Feature `http`.
+
+pub mod open;
+pub mod replay;
+pub mod retry_after;
