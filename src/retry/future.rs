@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
+use super::hooks::{RetryRequest, RetryResponse};
 use super::Params;
 use crate::backoff;
 use crate::breaker::error::Open;
@@ -22,18 +23,21 @@ pin_project! {
     /// ready again, and calls again, until a result is final.
     ///
     /// Dropping it at any point makes no further attempt.
-    pub struct ResponseFuture<S, Req, C>
+    pub struct ResponseFuture<S, Req, C, R, H>
     where
-        S: Service<Req>,
+        R: RetryRequest<Req>,
+        S: Service<R::Out>,
     {
         #[pin]
         state: State<S::Future>,
         // The readied service taken by `call`, polled ready again before each retry.
         service: S,
-        // A copy of the request for the next attempt; `None` when none can be made.
-        request: Option<Req>,
+        // What makes later attempts' requests; `None` when the request is sent once.
+        replay: Option<R::Replay>,
+        // The next attempt's request, made when the retry is decided.
+        next: Option<R::Out>,
         params: Arc<Params>,
-        classify: C,
+        hooks: Hooks<C, R, H>,
         attempts: u32,
         // When the request started; read only with `max_elapsed`.
         start: Option<Instant>,
@@ -59,6 +63,14 @@ pin_project! {
     }
 }
 
+/// The policy's classifier and hooks, carried by each future.
+#[derive(Debug)]
+pub(crate) struct Hooks<C, R, H> {
+    pub(crate) classify: C,
+    pub(crate) requests: R,
+    pub(crate) responses: H,
+}
+
 /// What to do with a failed result.
 enum Verdict {
     Final,
@@ -66,24 +78,26 @@ enum Verdict {
     Retry,
 }
 
-impl<S, Req, C> ResponseFuture<S, Req, C>
+impl<S, Req, C, R, H> ResponseFuture<S, Req, C, R, H>
 where
-    S: Service<Req>,
+    R: RetryRequest<Req>,
+    S: Service<R::Out>,
 {
     pub(crate) fn new(
         future: S::Future,
         service: S,
-        request: Option<Req>,
+        replay: Option<R::Replay>,
         params: Arc<Params>,
-        classify: C,
+        hooks: Hooks<C, R, H>,
         start: Option<Instant>,
     ) -> Self {
         Self {
             state: State::Calling { future },
             service,
-            request,
+            replay,
+            next: None,
             params,
-            classify,
+            hooks,
             attempts: 1,
             start,
             waiter: None,
@@ -120,12 +134,13 @@ pub(crate) fn is_open<E: 'static>(error: &E) -> bool {
     false
 }
 
-impl<S, Req, C> Future for ResponseFuture<S, Req, C>
+impl<S, Req, C, R, H> Future for ResponseFuture<S, Req, C, R, H>
 where
-    S: Service<Req>,
+    R: RetryRequest<Req>,
+    S: Service<R::Out>,
     S::Error: 'static,
-    Req: Clone,
     C: Classify<S::Response, S::Error>,
+    H: RetryResponse<S::Response, S::Error>,
 {
     type Output = Result<S::Response, S::Error>;
 
@@ -135,24 +150,55 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
-                    let result = ready!(future.poll(cx));
+                    let mut result = ready!(future.poll(cx));
                     // The healthy path: a result the classifier does not call a failure
                     // is final, and none of the retry machinery is touched.
-                    if this.classify.classify(&result) != Outcome::Failure {
+                    if this.hooks.classify.classify(&result) != Outcome::Failure {
+                        this.hooks
+                            .responses
+                            .record_attempts(&mut result, *this.attempts);
                         return Poll::Ready(result);
                     }
                     let can_retry =
-                        this.request.is_some() && !matches!(&result, Err(e) if is_open(e));
-                    match retry_after_failure(
+                        this.replay.is_some() && !matches!(&result, Err(e) if is_open(e));
+                    let hint = if can_retry {
+                        this.hooks.responses.retry_after(&result)
+                    } else {
+                        None
+                    };
+                    let verdict = retry_after_failure(
                         this.params,
                         this.waiter,
                         *this.attempts,
                         *this.start,
                         can_retry,
+                        hint,
                         result.is_err(),
-                    ) {
-                        Verdict::Final => return Poll::Ready(result),
-                        Verdict::Retry => this.state.set(State::Waiting),
+                    );
+                    // The next request is made now: if it cannot be, the result stands.
+                    let last = *this.attempts + 1 >= this.params.max_attempts;
+                    let next = match verdict {
+                        Verdict::Final => None,
+                        Verdict::Retry if last => this
+                            .replay
+                            .take()
+                            .and_then(|replay| this.hooks.requests.last(replay)),
+                        Verdict::Retry => this
+                            .replay
+                            .as_mut()
+                            .and_then(|replay| this.hooks.requests.next(replay)),
+                    };
+                    match next {
+                        Some(next) => {
+                            *this.next = Some(next);
+                            this.state.set(State::Waiting);
+                        }
+                        None => {
+                            this.hooks
+                                .responses
+                                .record_attempts(&mut result, *this.attempts);
+                            return Poll::Ready(result);
+                        }
                     }
                 }
                 StateProj::Waiting => {
@@ -163,15 +209,12 @@ where
                 }
                 StateProj::Readying => {
                     ready!(this.service.poll_ready(cx))?;
-                    let Some(request) = this.request.take() else {
-                        // `decide` checked a copy was kept; nothing left to send.
+                    let Some(request) = this.next.take() else {
+                        // A retry is only decided with its request in hand.
                         unreachable_state();
                         return Poll::Pending;
                     };
                     *this.attempts += 1;
-                    if *this.attempts < this.params.max_attempts {
-                        *this.request = Some(request.clone());
-                    }
                     let future = this.service.call(request);
                     this.state.set(State::Calling { future });
                 }
@@ -194,6 +237,7 @@ fn retry_after_failure(
     attempts: u32,
     start: Option<Instant>,
     can_retry: bool,
+    hint: Option<Duration>,
     is_err: bool,
 ) -> Verdict {
     if !can_retry || attempts >= params.max_attempts {
@@ -205,7 +249,9 @@ fn retry_after_failure(
             delays: params.backoff.iter(),
         })
     });
-    let delay = waiter.as_mut().project().delays.next().unwrap_or_default();
+    let backoff = waiter.as_mut().project().delays.next().unwrap_or_default();
+    // The result may ask for a longer wait (HTTP `Retry-After`): never retry sooner.
+    let delay = hint.map_or(backoff, |hint| hint.max(backoff));
     let why = if is_err { "error" } else { "failure response" };
     if let (Some(max), Some(start)) = (params.max_elapsed, start) {
         let elapsed = start.elapsed();
@@ -245,9 +291,10 @@ fn retry_after_failure(
     Verdict::Retry
 }
 
-impl<S, Req, C> fmt::Debug for ResponseFuture<S, Req, C>
+impl<S, Req, C, R, H> fmt::Debug for ResponseFuture<S, Req, C, R, H>
 where
-    S: Service<Req>,
+    R: RetryRequest<Req>,
+    S: Service<R::Out>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")

@@ -49,12 +49,14 @@ use crate::stripe::thread_slot;
 use crate::Classify;
 
 mod budget;
+mod hooks;
 mod layer;
 mod policy;
 
 pub mod future;
 
 pub use self::budget::Budget;
+pub use self::hooks::{CloneRequests, NoHints, RetryRequest, RetryResponse};
 pub use self::layer::RetryLayer;
 pub use self::policy::{
     RetryPolicy, DEFAULT_BACKOFF, DEFAULT_BUDGET_MIN_PER_SEC, DEFAULT_BUDGET_RATIO,
@@ -81,7 +83,7 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    pub(crate) fn new<C>(policy: &RetryPolicy<C>) -> Self {
+    pub(crate) fn new<C, R, H>(policy: &RetryPolicy<C, R, H>) -> Self {
         let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
         let handles = (parallelism * 2).next_power_of_two().min(64);
         Self {
@@ -106,21 +108,32 @@ impl Settings {
 
 /// A service whose failed calls are retried; built by [`RetryLayer`].
 ///
-/// Requests must be `Clone`: each attempt sends a copy. The service is cloned once per
+/// Each attempt sends a copy of the request made by the policy's
+/// [`RetryRequest`] (by default a clone: `Req: Clone`). The service is cloned once per
 /// request: the future takes the readied service and leaves the clone behind, and polls
 /// it ready again before every retry. Errors are the inner service's, unchanged.
-pub struct Retry<S, C = ErrorsAsFailures> {
+pub struct Retry<S, C = ErrorsAsFailures, R = CloneRequests, H = NoHints> {
     inner: S,
     settings: Arc<Settings>,
     classify: C,
+    requests: R,
+    responses: H,
 }
 
-impl<S, C> Retry<S, C> {
-    pub(crate) fn from_parts(inner: S, settings: Arc<Settings>, classify: C) -> Self {
+impl<S, C, R, H> Retry<S, C, R, H> {
+    pub(crate) fn from_parts(
+        inner: S,
+        settings: Arc<Settings>,
+        classify: C,
+        requests: R,
+        responses: H,
+    ) -> Self {
         Self {
             inner,
             settings,
             classify,
+            requests,
+            responses,
         }
     }
 
@@ -145,17 +158,19 @@ impl<S, C> Retry<S, C> {
     }
 }
 
-impl<S: Clone, C: Clone> Clone for Retry<S, C> {
+impl<S: Clone, C: Clone, R: Clone, H: Clone> Clone for Retry<S, C, R, H> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             settings: self.settings.clone(),
             classify: self.classify.clone(),
+            requests: self.requests.clone(),
+            responses: self.responses.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, C> fmt::Debug for Retry<S, C> {
+impl<S: fmt::Debug, C, R, H> fmt::Debug for Retry<S, C, R, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
@@ -164,16 +179,17 @@ impl<S: fmt::Debug, C> fmt::Debug for Retry<S, C> {
     }
 }
 
-impl<S, C, Req> Service<Req> for Retry<S, C>
+impl<S, C, R, H, Req> Service<Req> for Retry<S, C, R, H>
 where
-    S: Service<Req> + Clone,
+    R: RetryRequest<Req> + Clone,
+    S: Service<R::Out> + Clone,
     S::Error: 'static,
-    Req: Clone,
     C: Classify<S::Response, S::Error> + Clone,
+    H: RetryResponse<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S, Req, C>;
+    type Future = ResponseFuture<S, Req, C, R, H>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -184,12 +200,27 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let params = self.settings.params().clone();
         params.budget.deposit();
-        let copy = (params.max_attempts > 1).then(|| request.clone());
+        let (request, replay) = if params.max_attempts > 1 {
+            self.requests.prepare(request)
+        } else {
+            (self.requests.once(request), None)
+        };
         let start = params.max_elapsed.map(|_| Instant::now());
         // Clone and swap: the future takes the instance that was polled ready.
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
         let future = service.call(request);
-        ResponseFuture::new(future, service, copy, params, self.classify.clone(), start)
+        ResponseFuture::new(
+            future,
+            service,
+            replay,
+            params,
+            future::Hooks {
+                classify: self.classify.clone(),
+                requests: self.requests.clone(),
+                responses: self.responses.clone(),
+            },
+            start,
+        )
     }
 }

@@ -1,6 +1,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::hooks::{CloneRequests, NoHints};
 use super::Budget;
 use crate::backoff::{Backoff, Jitter};
 use crate::config::{check_duration, ConfigError};
@@ -48,12 +49,14 @@ const MAX_ATTEMPTS: u32 = 100;
 /// ```
 #[derive(Clone)]
 #[must_use]
-pub struct RetryPolicy<C = ErrorsAsFailures> {
+pub struct RetryPolicy<C = ErrorsAsFailures, R = CloneRequests, H = NoHints> {
     pub(crate) max_attempts: u32,
     pub(crate) backoff: Backoff,
     pub(crate) max_elapsed: Option<Duration>,
     pub(crate) budget: Budget,
     pub(crate) classify: C,
+    pub(crate) requests: R,
+    pub(crate) responses: H,
 }
 
 impl RetryPolicy {
@@ -69,6 +72,8 @@ impl RetryPolicy {
                 DEFAULT_BUDGET_TTL,
             ),
             classify: ErrorsAsFailures,
+            requests: CloneRequests,
+            responses: NoHints,
         }
     }
 }
@@ -79,7 +84,7 @@ impl Default for RetryPolicy {
     }
 }
 
-impl<C> RetryPolicy<C> {
+impl<C, R, H> RetryPolicy<C, R, H> {
     /// Calls made at most, the first one included (1 to 100; default 3). `1` never
     /// retries.
     pub fn max_attempts(mut self, n: u32) -> Self {
@@ -112,13 +117,43 @@ impl<C> RetryPolicy<C> {
     /// Decides which results are retried: [`Failure`](crate::Outcome::Failure) is
     /// retried; `Success` and `Ignored` are returned as they are. A breaker `Open`
     /// rejection is never retried, whatever the classifier says.
-    pub fn retry_if<C2>(self, classify: C2) -> RetryPolicy<C2> {
+    pub fn retry_if<C2>(self, classify: C2) -> RetryPolicy<C2, R, H> {
         RetryPolicy {
             max_attempts: self.max_attempts,
             backoff: self.backoff,
             max_elapsed: self.max_elapsed,
             budget: self.budget,
             classify,
+            requests: self.requests,
+            responses: self.responses,
+        }
+    }
+
+    /// How requests are copied for retries (default [`CloneRequests`]); see
+    /// [`RetryRequest`](super::RetryRequest).
+    pub fn requests<R2>(self, requests: R2) -> RetryPolicy<C, R2, H> {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            max_elapsed: self.max_elapsed,
+            budget: self.budget,
+            classify: self.classify,
+            requests,
+            responses: self.responses,
+        }
+    }
+
+    /// What results say about retrying (default [`NoHints`]); see
+    /// [`RetryResponse`](super::RetryResponse).
+    pub fn responses<H2>(self, responses: H2) -> RetryPolicy<C, R, H2> {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            max_elapsed: self.max_elapsed,
+            budget: self.budget,
+            classify: self.classify,
+            requests: self.requests,
+            responses,
         }
     }
 
@@ -148,7 +183,7 @@ impl<C> RetryPolicy<C> {
     }
 }
 
-impl<C> fmt::Debug for RetryPolicy<C> {
+impl<C, R, H> fmt::Debug for RetryPolicy<C, R, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryPolicy")
             .field("max_attempts", &self.max_attempts)
@@ -156,6 +191,8 @@ impl<C> fmt::Debug for RetryPolicy<C> {
             .field("max_elapsed", &self.max_elapsed)
             .field("budget", &self.budget)
             .field("retry_if", &std::any::type_name::<C>())
+            .field("requests", &std::any::type_name::<R>())
+            .field("responses", &std::any::type_name::<H>())
             .finish()
     }
 }
