@@ -2,6 +2,9 @@
 //! safe (idempotent requests only, bodies replayed byte for byte), and breaker
 //! rejections as `503 Service Unavailable`. Feature `http`.
 
+mod classify;
 pub mod open;
 pub mod replay;
 pub mod retry_after;
+
+pub use self::classify::{is_connect_error, BreakerClassifier, RetryClassifier};
