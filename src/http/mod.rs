@@ -5,6 +5,8 @@
 mod classify;
 pub mod open;
 pub mod replay;
+mod retry;
 pub mod retry_after;
 
 pub use self::classify::{is_connect_error, BreakerClassifier, RetryClassifier};
+pub use self::retry::{retry_policy, Attempts, HttpRequests, HttpResponses, IDEMPOTENCY_KEY};
