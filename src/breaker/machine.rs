@@ -215,8 +215,8 @@ pub(crate) struct Shared {
     watchdogs: AtomicUsize,
     /// Held by the one watchdog probing this breaker.
     probing: AtomicBool,
-    /// Set by a watchdog while the dependency is escalated.
-    escalated: AtomicBool,
+    /// Watchdogs reporting the dependency escalated.
+    escalated: AtomicUsize,
     slow_path: Mutex<Slow>,
     watch: watch::Sender<State>,
 }
@@ -278,7 +278,7 @@ impl Core {
                 .collect(),
             watchdogs: AtomicUsize::new(0),
             probing: AtomicBool::new(false),
-            escalated: AtomicBool::new(false),
+            escalated: AtomicUsize::new(0),
             slow_path: Mutex::new(Slow { open_delays }),
             watch: watch::channel(initial.state()).0,
             config,
@@ -691,12 +691,19 @@ impl Shared {
         self.probing.store(false, Release);
     }
 
+    /// One watchdog reports (or withdraws) an escalation; each withdraws only its own.
     pub(crate) fn set_escalated(&self, escalated: bool) {
-        self.escalated.store(escalated, Release);
+        if escalated {
+            self.escalated.fetch_add(1, AcqRel);
+        } else {
+            let _ = self
+                .escalated
+                .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
+        }
     }
 
     pub(crate) fn is_escalated(&self) -> bool {
-        self.escalated.load(Acquire)
+        self.escalated.load(Acquire) > 0
     }
 
     /// Probes passed: an open or half-open breaker closes.

@@ -19,18 +19,31 @@ use crate::breaker::{Breaker, Core, State};
 /// probe lock even if the worker is dropped halfway through a probe.
 struct Attached {
     shared: Arc<Shared>,
+    /// Whether this watchdog's escalation is counted on the breaker.
+    escalated: bool,
 }
 
 impl Attached {
     fn new(shared: Arc<Shared>) -> Self {
         shared.attach_watchdog();
-        Self { shared }
+        Self {
+            shared,
+            escalated: false,
+        }
+    }
+
+    /// Reports or withdraws this watchdog's escalation; other watchdogs' stay.
+    fn set_escalated(&mut self, escalated: bool) {
+        if self.escalated != escalated {
+            self.escalated = escalated;
+            self.shared.set_escalated(escalated);
+        }
     }
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        self.shared.set_escalated(false);
+        self.set_escalated(false);
         self.shared.detach_watchdog();
     }
 }
@@ -40,7 +53,9 @@ struct ProbeLock<'a>(&'a Shared);
 
 impl<'a> ProbeLock<'a> {
     fn try_new(shared: &'a Shared) -> Option<Self> {
-        shared.try_lock_probe().then_some(ProbeLock(shared))
+        // `then`, not `then_some`: a lock built eagerly and dropped on failure would
+        // release the lock another watchdog holds.
+        shared.try_lock_probe().then(|| ProbeLock(shared))
     }
 }
 
@@ -324,8 +339,8 @@ impl<P: Probe> Runner<P> {
 
     fn escalate(&mut self, max: u32, within: Duration) {
         self.escalated = true;
+        self.attached.set_escalated(true);
         let shared = &self.attached.shared;
-        shared.set_escalated(true);
         tracing::error!(
             target: "steadfast::watchdog",
             breaker = &*shared.name,
@@ -345,8 +360,8 @@ impl<P: Probe> Runner<P> {
     fn clear_escalation(&mut self) {
         self.escalated = false;
         self.trip_times.clear();
+        self.attached.set_escalated(false);
         let shared = &self.attached.shared;
-        shared.set_escalated(false);
         tracing::info!(
             target: "steadfast::watchdog",
             breaker = &*shared.name,
