@@ -1,0 +1,98 @@
+//! Measurement drivers shared by the benches: one task, and two threads sharing one
+//! layer, both timing `iters` calls as a batch with `iter_custom`.
+
+use std::fmt::Debug;
+use std::sync::Barrier;
+use std::time::Instant;
+
+use criterion::measurement::WallTime;
+use criterion::{black_box, BenchmarkGroup};
+use tokio::runtime::{Builder, Runtime};
+use tower::{Service, ServiceExt};
+
+/// Makes `iters` calls through `svc`, one after another, in the calling task.
+pub async fn drive<S>(svc: &mut S, iters: u64)
+where
+    S: Service<u64, Response = u64>,
+    S::Error: Debug,
+{
+    for i in 0..iters {
+        let resp = svc
+            .ready()
+            .await
+            .expect("poll_ready failed")
+            .call(black_box(i))
+            .await
+            .expect("call failed");
+        black_box(resp);
+    }
+}
+
+pub fn current_thread_runtime() -> Runtime {
+    Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// One task: time `iters` calls as one batch.
+pub fn bench_single<S>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, id: &str, svc: S)
+where
+    S: Service<u64, Response = u64> + Clone,
+    S::Error: Debug,
+{
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let mut svc = svc.clone();
+            rt.block_on(async move {
+                let start = Instant::now();
+                drive(&mut svc, iters).await;
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// Two OS threads, each on its own current-thread runtime with its own clone of
+/// `svc` (all clones share one layer), each making `iters` calls. Returns the wall
+/// time from the first thread's start to the last thread's finish, so criterion
+/// reports time per call per thread.
+pub fn bench_shared<S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rts: &[Runtime; 2],
+    id: &str,
+    svc: S,
+) where
+    S: Service<u64, Response = u64> + Clone + Send,
+    S::Error: Debug,
+{
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let barrier = Barrier::new(rts.len());
+            let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = rts
+                    .iter()
+                    .map(|rt| {
+                        let mut svc = svc.clone();
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            barrier.wait();
+                            rt.block_on(async move {
+                                let start = Instant::now();
+                                drive(&mut svc, iters).await;
+                                (start, Instant::now())
+                            })
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("bench thread panicked"))
+                    .collect()
+            });
+            let first_start = spans.iter().map(|s| s.0).min().expect("two spans");
+            let last_end = spans.iter().map(|s| s.1).max().expect("two spans");
+            last_end - first_start
+        })
+    });
+}
