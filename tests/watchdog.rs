@@ -316,11 +316,27 @@ async fn a_minute_of_traffic_never_reaches_a_dead_downstream_while_probes_back_o
             assert_eq!(breaker.state(), State::Open);
             assert_eq!(*states.borrow_and_update(), State::Open);
         } else {
-            // Rejected, and with the watchdog owning recovery no time is promised,
-            // neither within the open delay (5 s) nor after it.
-            assert_eq!(seen, Seen::Rejected(None), "at {now:?}");
+            // Rejected. With the watchdog owning recovery, the hint is not the open
+            // delay (5 s) but the watchdog's estimate: its next probe, plus one
+            // interval for the second pass `healthy_threshold` (2) asks for. Probes run
+            // at 1.2, 2.2, 4.2, 8.2, 16.2, 32.2, 48.2 and 64.2 s; at a probe's own
+            // instant the probe may or may not have run before this call.
+            let probes_at = [1_200, 2_200, 4_200, 8_200, 16_200, 32_200, 48_200, 64_200].map(ms);
+            let Seen::Rejected(Some(after)) = seen else {
+                panic!("at {now:?}: {seen:?}");
+            };
+            let next = probes_at.iter().position(|p| *p >= now).unwrap();
+            let allowed: Vec<_> = probes_at[next..]
+                .iter()
+                .take(if probes_at[next] == now { 2 } else { 1 })
+                .map(|p| *p + secs(1) - now)
+                .collect();
+            assert!(
+                allowed.contains(&after),
+                "at {now:?}: {after:?} not in {allowed:?}"
+            );
             assert_eq!(breaker.state(), State::Open, "at {now:?}");
-            assert_eq!(breaker.snapshot().retry_after, None, "at {now:?}");
+            assert_eq!(breaker.snapshot().retry_after, Some(after), "at {now:?}");
         }
         sleep(ms(100)).await;
     }
@@ -787,8 +803,19 @@ async fn a_breaker_booted_open_stays_shut_while_down_and_closes_once_up() {
         if now == secs(5) {
             ds.set_up(true);
         }
-        // Neither before the open delay (1 s) nor after it is a time promised.
-        assert_eq!(call(&mut svc).await, Seen::Rejected(None), "at {now:?}");
+        // The hint is the watchdog's estimate, not the open delay (1 s): the next
+        // probe plus an interval for the second pass, or the next pass itself once
+        // one has passed (at 6 s).
+        let eta = if now < secs(2) {
+            secs(3)
+        } else if now < secs(4) {
+            secs(5)
+        } else {
+            secs(7)
+        };
+        // At 0 the watchdog task has not run yet: no estimate.
+        let hint = (now > Duration::ZERO).then(|| eta - now);
+        assert_eq!(call(&mut svc).await, Seen::Rejected(hint), "at {now:?}");
         sleep(ms(250)).await;
         settle().await;
     }
@@ -875,7 +902,8 @@ async fn dropping_the_handle_detaches_the_watchdog() {
 
     // Still attached: past the open delay, calls are rejected, not sent as trials.
     sleep_until(t0 + ms(2_500)).await;
-    assert_eq!(call(&mut svc).await, Seen::Rejected(None));
+    // The hint is the watchdog's next probe (at 3 s), which alone can close it.
+    assert_eq!(call(&mut svc).await, Seen::Rejected(Some(ms(500))));
     assert_eq!(ds.reached(), 0);
     assert_eq!(probes.times(), [0, 1, 2].map(secs));
     // Still probing: the breaker closes by a probe.

@@ -39,9 +39,9 @@ impl Open {
     }
 
     /// How long until the breaker lets a trial call through: the rest of its open
-    /// delay. `None` when that is unknown: forced open, half-open with every trial
-    /// taken (try again soon), or open under a watchdog (it closes the breaker when
-    /// its probes pass).
+    /// delay, or under a watchdog, its estimate of when passing probes could close the
+    /// breaker. `None` when that is unknown: forced open, or half-open with every
+    /// trial taken (try again soon).
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }

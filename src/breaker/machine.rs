@@ -215,6 +215,9 @@ pub(crate) struct Shared {
     watchdogs: AtomicUsize,
     /// Held by the one watchdog probing this breaker.
     probing: AtomicBool,
+    /// Nanoseconds since `start` at which a watchdog expects to close the breaker if
+    /// its probes pass; 0 when unknown.
+    watchdog_eta: AtomicU64,
     /// Watchdogs reporting the dependency escalated.
     escalated: AtomicUsize,
     slow_path: Mutex<Slow>,
@@ -278,6 +281,7 @@ impl Core {
                 .collect(),
             watchdogs: AtomicUsize::new(0),
             probing: AtomicBool::new(false),
+            watchdog_eta: AtomicU64::new(0),
             escalated: AtomicUsize::new(0),
             slow_path: Mutex::new(Slow { open_delays }),
             watch: watch::channel(initial.state()).0,
@@ -393,8 +397,13 @@ impl Shared {
     /// Time left before an open breaker may go half-open; `None` unless open, or
     /// while a watchdog owns recovery.
     pub(crate) fn retry_after(&self) -> Option<Duration> {
-        let watched = self.watchdogs.load(Acquire) > 0;
-        (self.word().kind() == OPEN && !watched).then(|| {
+        if self.word().kind() != OPEN {
+            return None;
+        }
+        if self.watchdogs.load(Acquire) > 0 {
+            return self.watchdog_retry_after();
+        }
+        Some({
             let until = self.open_until.load(Acquire);
             Duration::from_nanos(until.saturating_sub(self.now()))
         })
@@ -448,8 +457,10 @@ impl Shared {
                 OPEN => {
                     if self.watchdogs.load(Acquire) > 0 {
                         // A watchdog owns recovery: it closes the breaker when its
-                        // probes pass, whatever the open delay. When is unknown.
-                        return Admission::Reject { retry_after: None };
+                        // probes pass, whatever the open delay. Its estimate, if any.
+                        return Admission::Reject {
+                            retry_after: self.watchdog_retry_after(),
+                        };
                     }
                     let now = self.now();
                     let until = self.open_until.load(Acquire);
@@ -680,6 +691,21 @@ impl Shared {
         let _ = self
             .watchdogs
             .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
+    }
+
+    /// A watchdog's estimate of when its probes could close the breaker.
+    pub(crate) fn set_watchdog_eta(&self, at: Option<Instant>) {
+        let nanos = at.map_or(0, |at| {
+            nanos(at.saturating_duration_since(self.start)).max(1)
+        });
+        self.watchdog_eta.store(nanos, Release);
+    }
+
+    fn watchdog_retry_after(&self) -> Option<Duration> {
+        match self.watchdog_eta.load(Acquire) {
+            0 => None,
+            eta => Some(Duration::from_nanos(eta.saturating_sub(self.now()))),
+        }
     }
 
     /// Takes the breaker's probe lock; `false` if another watchdog is probing.

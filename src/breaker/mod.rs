@@ -162,8 +162,9 @@ pub struct Snapshot {
     /// Failures / calls in the current window; `None` without a rate rule, or while
     /// the window is empty.
     pub failure_rate: Option<f64>,
-    /// While open, the time left before a trial call is let through; `None` while a
-    /// watchdog owns recovery (it closes the breaker when its probes pass).
+    /// While open, the time left before a trial call is let through; while a
+    /// watchdog owns recovery, its estimate of when passing probes could close the
+    /// breaker (`None` before it has one).
     pub retry_after: Option<Duration>,
 }
 

@@ -43,6 +43,7 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
+        self.shared.set_watchdog_eta(None);
         self.set_escalated(false);
         self.shared.detach_watchdog();
     }
@@ -163,6 +164,7 @@ impl<P: Probe> Runner<P> {
             State::Closed => {
                 self.closed_since = Some(now);
                 self.next_probe = now + self.config.probe_while_closed.unwrap_or_default();
+                self.attached.shared.set_watchdog_eta(None);
             }
             _ => {
                 self.closed_since = None;
@@ -173,8 +175,21 @@ impl<P: Probe> Runner<P> {
                 } else {
                     now + self.config.interval
                 };
+                self.publish_eta();
             }
         }
+    }
+
+    /// Tells the breaker when passing probes could close it, for `retry_after` hints
+    /// (the `Retry-After` of an HTTP 503): the next probe, then an interval for each
+    /// further pass needed.
+    fn publish_eta(&self) {
+        let more = self
+            .config
+            .healthy_threshold
+            .saturating_sub(self.passes + 1);
+        let eta = self.next_probe + self.config.interval * more;
+        self.attached.shared.set_watchdog_eta(Some(eta));
     }
 
     async fn while_open(&mut self, now: Instant) -> Wake {
@@ -211,6 +226,7 @@ impl<P: Probe> Runner<P> {
             };
             self.next_probe = now + delay;
         }
+        self.publish_eta();
         Wake::Look
     }
 
