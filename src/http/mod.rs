@@ -1,6 +1,18 @@
 //! HTTP: classifiers for responses and client errors, `Retry-After`, retries that are
 //! safe (idempotent requests only, bodies replayed byte for byte), and breaker
 //! rejections as `503 Service Unavailable`. Feature `http`.
+//!
+//! # Known limitation
+//!
+//! A task that drives the retry stack over a client sending
+//! `ReplayBody<BoxBody<Bytes, BoxError>>` may not compile when spawned ("implementation
+//! of `Service` is not general enough"): a rustc limitation with higher-ranked
+//! lifetimes in spawned futures (rust-lang/rust#102211), which tower's own retry hits
+//! too. Use a concrete body error type (`BoxBody<Bytes, std::io::Error>`, say), or box
+//! the call future before awaiting it in the spawned task.
+//!
+//! Without `max_elapsed`, a `Retry-After` is honoured up to one day: set `max_elapsed`
+//! to bound how long a request may wait.
 
 mod classify;
 pub mod open;
