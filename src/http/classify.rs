@@ -246,9 +246,67 @@ impl<B, E: 'static> Classify<Response<B>, E> for RetryClassifier {
     }
 }
 
+/// Uses a tower-http response classifier ([`ServerErrorsAsFailures`],
+/// [`StatusInRangeAsFailures`], or your own [`ClassifyResponse`]) as a steadfast
+/// [`Classify`]: a response it calls a failure is a [`Outcome::Failure`], others a
+/// success, and every error a failure. A classifier that can only decide at the end of
+/// a streaming response (gRPC) cannot be used by a breaker or a retry, which decide on
+/// the response head: such responses count as successes.
+///
+/// [`ServerErrorsAsFailures`]: tower_http::classify::ServerErrorsAsFailures
+/// [`StatusInRangeAsFailures`]: tower_http::classify::StatusInRangeAsFailures
+/// [`ClassifyResponse`]: tower_http::classify::ClassifyResponse
+///
+/// ```
+/// use http::Response;
+/// use steadfast::http::TowerHttp;
+/// use steadfast::{BoxError, Classify, Outcome};
+/// use tower_http::classify::StatusInRangeAsFailures;
+///
+/// // 4xx and 5xx both count against the breaker.
+/// let c = TowerHttp(StatusInRangeAsFailures::new_for_client_and_server_errors());
+/// let res = |s: u16| Ok::<_, BoxError>(Response::builder().status(s).body(()).unwrap());
+/// assert_eq!(c.classify(&res(404)), Outcome::Failure);
+/// assert_eq!(c.classify(&res(200)), Outcome::Success);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TowerHttp<C>(pub C);
+
+impl<C, B, E> Classify<Response<B>, E> for TowerHttp<C>
+where
+    C: tower_http::classify::ClassifyResponse + Clone,
+{
+    fn classify(&self, result: &Result<Response<B>, E>) -> Outcome {
+        use tower_http::classify::ClassifiedResponse;
+        match result {
+            Ok(response) => match self.0.clone().classify_response(response) {
+                ClassifiedResponse::Ready(Ok(())) => Outcome::Success,
+                ClassifiedResponse::Ready(Err(_)) => Outcome::Failure,
+                ClassifiedResponse::RequiresEos(_) => Outcome::Success,
+            },
+            Err(_) => Outcome::Failure,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tower_http_classifiers_are_reused() {
+        use tower_http::classify::{GrpcErrorsAsFailures, ServerErrorsAsFailures};
+        let c = TowerHttp(ServerErrorsAsFailures::new());
+        assert_eq!(c.classify(&res(503)), Outcome::Failure);
+        assert_eq!(c.classify(&res(404)), Outcome::Success);
+        assert_eq!(
+            c.classify(&Err::<Response<()>, BoxError>("x".into())),
+            Outcome::Failure
+        );
+        // gRPC decides at the end of the stream: counted as a success here.
+        let grpc = TowerHttp(GrpcErrorsAsFailures::new());
+        assert_eq!(grpc.classify(&res(200)), Outcome::Success);
+    }
 
     fn res(status: u16) -> Result<Response<()>, BoxError> {
         Ok(Response::builder().status(status).body(()).unwrap())

@@ -20,5 +20,5 @@ pub mod replay;
 mod retry;
 pub mod retry_after;
 
-pub use self::classify::{is_connect_error, BreakerClassifier, RetryClassifier};
+pub use self::classify::{is_connect_error, BreakerClassifier, RetryClassifier, TowerHttp};
 pub use self::retry::{retry_policy, Attempts, HttpRequests, HttpResponses, IDEMPOTENCY_KEY};
