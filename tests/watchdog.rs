@@ -1149,3 +1149,55 @@ fn spawn_outside_a_runtime_is_a_config_error_and_attaches_nothing() {
         assert_eq!(breaker.state(), State::Closed);
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn escalation_clears_after_staying_forced_closed_for_the_window() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tower::{service_fn, Service, ServiceExt};
+
+    let breaker = Breaker::builder("forced")
+        .consecutive_failures(1)
+        .open_backoff(Backoff::constant(secs(60)))
+        .build()
+        .unwrap();
+    // The probe always fails: only `reset` closes the breaker.
+    let watchdog = Watchdog::builder(&breaker, || async { Err::<(), _>("down") })
+        .interval(secs(1))
+        .backoff(Backoff::constant(secs(1)))
+        .max_trips(1, secs(10))
+        .spawn()
+        .unwrap();
+    let fail = Arc::new(AtomicBool::new(true));
+    let mut svc = breaker.layer().layer(service_fn({
+        let fail = fail.clone();
+        move |_: ()| {
+            let fail = fail.load(Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err("boom")
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }));
+    // Two trips: the second is more than one within 10 s.
+    let _ = svc.ready().await.unwrap().call(()).await;
+    breaker.reset();
+    let _ = svc.ready().await.unwrap().call(()).await;
+    tokio::time::sleep(ms(10)).await;
+    assert_eq!(breaker.snapshot().trips, 2);
+    assert!(breaker.is_escalated() && watchdog.is_escalated());
+
+    // Forced closed from now on: the breaker cannot trip, so the escalation clears
+    // after 10 s, not one moment before.
+    let forced_at = tokio::time::Instant::now();
+    breaker.force_closed();
+    tokio::time::sleep_until(forced_at + secs(10) - ms(1)).await;
+    assert!(breaker.is_escalated());
+    tokio::time::sleep_until(forced_at + secs(10) + ms(1)).await;
+    assert!(!breaker.is_escalated());
+    assert!(!watchdog.is_escalated());
+    watchdog.shutdown().await;
+}

@@ -146,6 +146,12 @@ impl<P: Probe> Runner<P> {
             let wake = match state {
                 State::Open | State::HalfOpen => self.while_open(now).await,
                 State::Closed => self.while_closed(now).await,
+                // Forced closed: nothing to probe, but the breaker is not tripping, so
+                // an escalation still clears after `within`.
+                State::ForcedClosed => {
+                    let deadline = self.clear_deadline(now);
+                    self.wait(deadline).await
+                }
                 _ => self.wait(None).await,
             };
             if wake == Wake::Stop {
@@ -161,6 +167,10 @@ impl<P: Probe> Runner<P> {
         self.failures = 0;
         self.delays.reset();
         match state {
+            State::ForcedClosed => {
+                self.closed_since = Some(now);
+                self.attached.shared.set_watchdog_eta(None);
+            }
             State::Closed => {
                 self.closed_since = Some(now);
                 self.next_probe = now + self.config.probe_while_closed.unwrap_or_default();
@@ -230,9 +240,9 @@ impl<P: Probe> Runner<P> {
         Wake::Look
     }
 
-    async fn while_closed(&mut self, now: Instant) -> Wake {
-        // Escalation clears once the breaker has stayed closed for `within`.
-        let mut deadline = None;
+    /// Clears an escalation once the breaker has stayed closed for `within`; else the
+    /// instant it will clear, if escalated.
+    fn clear_deadline(&mut self, now: Instant) -> Option<Instant> {
         if let (true, Some((_, within)), Some(since)) =
             (self.escalated, self.config.max_trips, self.closed_since)
         {
@@ -240,9 +250,14 @@ impl<P: Probe> Runner<P> {
             if now >= clears {
                 self.clear_escalation();
             } else {
-                deadline = Some(clears);
+                return Some(clears);
             }
         }
+        None
+    }
+
+    async fn while_closed(&mut self, now: Instant) -> Wake {
+        let deadline = self.clear_deadline(now);
         let Some(period) = self.config.probe_while_closed else {
             return self.wait(deadline).await;
         };
