@@ -24,7 +24,8 @@ use crate::retry::{RetryPolicy, RetryRequest, RetryResponse};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Attempts(pub u32);
 
-/// The standard methods, as a bitset (custom methods are never retried).
+/// The standard methods, as a bitset (custom methods are never retried). The first
+/// six of `STANDARD` are the idempotent ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Methods(u16);
 
@@ -70,15 +71,8 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 impl HttpRequests {
     /// The defaults described on the type.
     pub fn new() -> Self {
-        let idempotent = [
-            Method::GET,
-            Method::HEAD,
-            Method::OPTIONS,
-            Method::PUT,
-            Method::DELETE,
-            Method::TRACE,
-        ];
-        let bits = idempotent
+        // The first six standard methods are the idempotent ones (RFC 9110, 9.2.2).
+        let bits = STANDARD[..6]
             .iter()
             .filter_map(Methods::bit)
             .fold(0, |a, b| a | b);
