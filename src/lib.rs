@@ -46,6 +46,7 @@
 
 pub mod backoff;
 pub mod breaker;
+mod chain;
 mod config;
 pub mod health;
 #[cfg(feature = "http")]

@@ -8,14 +8,13 @@
 //! could not be made. Which requests may be sent again at all (idempotent methods) is
 //! decided by [`HttpRequests`](super::HttpRequests), before the first attempt.
 
-use std::any::Any;
 use std::error::Error;
 use std::fmt;
 use std::io;
 
 use http::{Response, StatusCode};
 
-use crate::{BoxError, Classify, Outcome};
+use crate::{Classify, Outcome};
 
 /// A set of status codes (100 to 999), as a bitset.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -71,19 +70,10 @@ impl fmt::Debug for Statuses {
 /// out, anywhere down the source chain of the error (as a boxed error, an
 /// `io::Error`, or any `'static` error type the caller boxes).
 pub fn is_connect_error<E: 'static>(error: &E) -> bool {
-    let any: &dyn Any = error;
-    let first: &(dyn Error + 'static) = if let Some(boxed) = any.downcast_ref::<BoxError>() {
-        boxed.as_ref()
-    } else if let Some(io) = any.downcast_ref::<io::Error>() {
-        io
-    } else {
-        return false;
-    };
-    let mut next = Some(first);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            use io::ErrorKind::*;
-            if matches!(
+    use io::ErrorKind::*;
+    let connect = |e: &(dyn Error + 'static)| {
+        e.downcast_ref::<io::Error>().is_some_and(|io| {
+            matches!(
                 io.kind(),
                 ConnectionRefused
                     | ConnectionReset
@@ -91,18 +81,10 @@ pub fn is_connect_error<E: 'static>(error: &E) -> bool {
                     | NotConnected
                     | AddrNotAvailable
                     | TimedOut
-            ) {
-                return true;
-            }
-            // `io::Error::source` skips its own payload.
-            if let Some(inner) = io.get_ref() {
-                next = Some(inner as &(dyn Error + 'static));
-                continue;
-            }
-        }
-        next = e.source();
-    }
-    false
+            )
+        })
+    };
+    crate::chain::as_dyn(error).is_some_and(|e| crate::chain::chain(e).any(connect))
 }
 
 /// The breaker's HTTP classifier: `5xx` and `429` responses and every error are
@@ -292,6 +274,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::BoxError;
 
     #[test]
     fn tower_http_classifiers_are_reused() {

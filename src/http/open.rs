@@ -154,26 +154,8 @@ pub fn error_to_response<B: Default>(err: &BoxError) -> Option<Response<B>> {
 /// # }
 /// ```
 pub fn find_open<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Open> {
-    let mut next = Some(err);
-    // Bounded, in case a hand-written `source` loops back on itself.
-    for _ in 0..MAX_CHAIN {
-        let e = next?;
-        if let Some(open) = e.downcast_ref::<Open>() {
-            return Some(open);
-        }
-        next = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(payload) => Some(payload as &(dyn Error + 'static)),
-            None => e.source(),
-        };
-    }
-    None
+    crate::chain::chain(err).find_map(|e| e.downcast_ref::<Open>())
 }
-
-/// How far down a source chain [`find_open`] looks.
-const MAX_CHAIN: usize = 64;
 
 /// Turns breaker rejections from the inner service into `503` responses; see the
 /// [module docs](self). Applied by [`OpenAsResponseLayer`].

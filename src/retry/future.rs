@@ -1,6 +1,5 @@
 //! [`ResponseFuture`], the future returned by [`Retry`](super::Retry).
 
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +15,8 @@ use super::hooks::{RetryRequest, RetryResponse};
 use super::Params;
 use crate::backoff;
 use crate::breaker::error::Open;
-use crate::{BoxError, Classify, Outcome};
+use crate::chain::{as_dyn, chain};
+use crate::{Classify, Outcome};
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry): calls, waits, polls the service
@@ -110,28 +110,7 @@ where
 /// breaker that turns errors into its own concrete type hides the rejection: keep
 /// errors boxed between the two.
 pub(crate) fn is_open<E: 'static>(error: &E) -> bool {
-    let any: &dyn Any = error;
-    if any.is::<Open>() {
-        return true;
-    }
-    let Some(boxed) = any.downcast_ref::<BoxError>() else {
-        return false;
-    };
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(boxed.as_ref());
-    while let Some(e) = next {
-        if e.is::<Open>() {
-            return true;
-        }
-        // `io::Error::source` skips its own payload (`io::Error::other(open)`).
-        next = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(payload) => Some(payload as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    false
+    as_dyn(error).is_some_and(|e| chain(e).any(|e| e.is::<Open>()))
 }
 
 impl<S, Req, C, R, H> Future for ResponseFuture<S, Req, C, R, H>
