@@ -32,7 +32,7 @@
 
 use std::time::Duration;
 
-use crate::config::{ConfigError, MAX_DURATION};
+use crate::config::{nanos, ConfigError, MAX_DURATION};
 
 /// How a delay is randomized. See the [module docs](self) for why.
 ///
@@ -268,10 +268,6 @@ impl Iterator for Iter {
     fn size_hint(&self) -> (usize, Option<usize>) {
         (usize::MAX, None)
     }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

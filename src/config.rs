@@ -52,6 +52,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A duration in nanoseconds, saturating (584 years).
+#[inline]
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Checks a rate is in (0, 1].
 pub(crate) fn check_rate(field: &'static str, rate: f64) -> Result<(), ConfigError> {
     if rate > 0.0 && rate <= 1.0 {

@@ -51,6 +51,31 @@ thread_local! {
     static SLOT: ThreadSlot = ThreadSlot::acquire();
 }
 
+/// The machine's parallelism, for sizing stripe arrays (4 if unknown).
+pub(crate) fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get())
+}
+
+/// This thread's stripe among `len`: its own (`true`: only this thread writes it)
+/// when its slot is below `len - 1`, else the last one, shared (`false`).
+#[inline]
+pub(crate) fn pick(len: usize) -> (usize, bool) {
+    let slot = thread_slot();
+    let last = len - 1;
+    if slot < last {
+        (slot, true)
+    } else {
+        (last, false)
+    }
+}
+
+/// This thread's handle among `len` (a power of two): threads spread over handles
+/// so that they rarely share a refcount.
+#[inline]
+pub(crate) fn handle(len: usize) -> usize {
+    thread_slot() & (len - 1)
+}
+
 /// This thread's slot; `usize::MAX` while thread-locals are being torn down.
 #[inline]
 pub(crate) fn thread_slot() -> usize {

@@ -27,7 +27,8 @@ use super::builder::{Config, WindowKind};
 use super::window::{CountWindow, TimeWindow, Totals};
 use super::State;
 use crate::backoff;
-use crate::stripe::{bump, thread_slot};
+use crate::config::nanos;
+use crate::stripe::{bump, handle, parallelism, pick};
 use crate::Outcome;
 
 // --- the state word --------------------------------------------------------------------
@@ -246,7 +247,7 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(name: Arc<str>, config: Config) -> Self {
         let start = Instant::now();
-        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let parallelism = parallelism();
         let mut open_delays = config.open_backoff.iter();
         let (kind, open_until) = if config.start_open {
             (OPEN, nanos(open_delays.next().unwrap_or_default()))
@@ -307,7 +308,7 @@ impl Core {
     /// The shard for the calling thread.
     #[inline]
     pub(crate) fn shard(&self) -> &Arc<Shard> {
-        &self.shards[thread_slot() & (self.shards.len() - 1)]
+        &self.shards[handle(self.shards.len())]
     }
 
     /// Closes when the last `Breaker` handle is dropped.
@@ -335,10 +336,6 @@ fn stripes(parallelism: usize) -> usize {
     (parallelism * 4).clamp(64, 1024)
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 impl Shared {
     #[inline]
     fn word(&self) -> Word {
@@ -357,13 +354,8 @@ impl Shared {
     /// This thread's counter stripe, and whether the thread owns it.
     #[inline]
     fn stripe(&self) -> (&Counters, bool) {
-        let slot = thread_slot();
-        let last = self.counters.len() - 1;
-        if slot < last {
-            (&self.counters[slot], true)
-        } else {
-            (&self.counters[last], false)
-        }
+        let (i, owned) = pick(self.counters.len());
+        (&self.counters[i], owned)
     }
 
     #[inline]

@@ -12,7 +12,8 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use crate::stripe::{bump_stamped, live_count, stamp, thread_slot};
+use crate::config::nanos;
+use crate::stripe::{bump_stamped, live_count, parallelism, pick, stamp};
 use std::time::Duration;
 
 /// Calls, failures and slow calls currently in a window.
@@ -136,11 +137,9 @@ pub(crate) struct TimeWindow {
 
 impl TimeWindow {
     pub(crate) fn new(window: Duration) -> Self {
-        let nanos = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let stripes = (parallelism * 2).clamp(8, 128);
+        let stripes = (parallelism() * 2).clamp(8, 128);
         Self {
-            width: (nanos / BUCKETS).max(1),
+            width: (nanos(window) / BUCKETS).max(1),
             calls: (0..=stripes).map(|_| CachePadded::default()).collect(),
             failures: CachePadded::default(),
             slow: CachePadded::default(),
@@ -156,14 +155,8 @@ impl TimeWindow {
     #[inline]
     pub(crate) fn record(&self, failed: bool, slow: bool, tick: u64) -> Option<Totals> {
         let bucket = (tick % BUCKETS) as usize;
-        let slot = thread_slot();
-        let last = self.calls.len() - 1;
-        let (ring, owned) = if slot < last {
-            (&self.calls[slot], true)
-        } else {
-            (&self.calls[last], false)
-        };
-        bump_stamped(&ring[bucket], tick, owned);
+        let (stripe, owned) = pick(self.calls.len());
+        bump_stamped(&self.calls[stripe][bucket], tick, owned);
         if failed {
             bump_stamped(&self.failures[bucket], tick, false);
         }

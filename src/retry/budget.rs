@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{check_duration, ConfigError};
-use crate::stripe::{add_stamped, bump_stamped, live_count, thread_slot};
+use crate::config::{check_duration, nanos, ConfigError};
+use crate::stripe::{add_stamped, bump_stamped, live_count, parallelism, pick};
 
 /// Buckets per `ttl`: deposits and withdrawals expire in steps of a tenth.
 const BUCKETS: u64 = 10;
@@ -108,9 +108,7 @@ impl Budget {
 
     /// Builds a budget from values known to be valid.
     pub(crate) fn checked(ratio: f64, min_per_sec: u32, ttl: Duration) -> Self {
-        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let stripes = (parallelism * 4).clamp(16, 256);
-        let nanos = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        let stripes = (parallelism() * 4).clamp(16, 256);
         Self {
             inner: Some(Arc::new(Inner {
                 ratio,
@@ -118,7 +116,7 @@ impl Budget {
                 ttl,
                 per_deposit: (ratio * UNIT as f64).round() as u64,
                 reserve: (f64::from(min_per_sec) * ttl.as_secs_f64() * UNIT as f64) as u64,
-                width: (nanos / BUCKETS).max(1),
+                width: (nanos(ttl) / BUCKETS).max(1),
                 start: Instant::now(),
                 stripes: (0..=stripes).map(|_| Stripe::default()).collect(),
                 withdrawals: Default::default(),
@@ -172,15 +170,14 @@ impl Budget {
 impl Inner {
     fn tick(&self) -> u64 {
         let elapsed = Instant::now().saturating_duration_since(self.start);
-        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / self.width
+        nanos(elapsed) / self.width
     }
 
     #[inline]
     fn deposit(&self) {
-        let slot = thread_slot();
-        let last = self.stripes.len() - 1;
-        if slot < last {
-            let stripe = &self.stripes[slot];
+        let (i, owned) = pick(self.stripes.len());
+        let stripe = &self.stripes[i];
+        if owned {
             let pending = stripe.pending.load(Relaxed);
             if pending == 0 || pending >= REFRESH {
                 self.refresh(stripe, pending, true);
@@ -190,7 +187,6 @@ impl Inner {
         } else {
             // Shared by the threads beyond the owned stripes: the refresh takes the
             // pending count with a swap, so no deposit is filed twice.
-            let stripe = &self.stripes[last];
             if stripe.pending.fetch_add(1, Relaxed) + 1 >= REFRESH {
                 let pending = stripe.pending.swap(0, Relaxed);
                 self.refresh(stripe, pending, false);

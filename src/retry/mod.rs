@@ -45,7 +45,7 @@ use tower_service::Service;
 
 use crate::backoff::Backoff;
 use crate::outcome::ErrorsAsFailures;
-use crate::stripe::thread_slot;
+use crate::stripe::{handle, parallelism};
 use crate::Classify;
 
 mod budget;
@@ -84,8 +84,7 @@ pub(crate) struct Settings {
 
 impl Settings {
     pub(crate) fn new<C, R, H>(policy: &RetryPolicy<C, R, H>) -> Self {
-        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let handles = (parallelism * 2).next_power_of_two().min(64);
+        let handles = (parallelism() * 2).next_power_of_two().min(64);
         Self {
             handles: (0..handles)
                 .map(|_| {
@@ -102,7 +101,7 @@ impl Settings {
 
     #[inline]
     fn params(&self) -> &Arc<Params> {
-        &self.handles[thread_slot() & (self.handles.len() - 1)]
+        &self.handles[handle(self.handles.len())]
     }
 }
 
