@@ -29,7 +29,6 @@ use std::future::Ready;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
 use tower::{Layer, Service};
 
 /// The open duration every breaker is given. The breakers never open in these
@@ -267,7 +266,7 @@ fn tower_resilience_time_window(
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{bench_shared, bench_single, current_thread_runtime};
+use support::{bench_shared, bench_single};
 
 /// Runs `$bench` once per row, so both groups have the same rows in the same order.
 /// A macro rather than a list because every row is a different service type.
@@ -321,29 +320,4 @@ macro_rules! rows {
     }};
 }
 
-fn single(c: &mut Criterion) {
-    let rt = current_thread_runtime();
-    // Build the services inside the runtime context, where tokio's clock lives.
-    let _enter = rt.enter();
-    let mut group = c.benchmark_group("breaker/single");
-    rows!(bench_single, &mut group, &rt);
-    group.finish();
-}
-
-fn shared_2_threads(c: &mut Criterion) {
-    let rts = [current_thread_runtime(), current_thread_runtime()];
-    let _enter = rts[0].enter();
-    let mut group = c.benchmark_group("breaker/shared_2_threads");
-    rows!(bench_shared, &mut group, &rts);
-    group.finish();
-}
-
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
-    targets = single, shared_2_threads
-}
-criterion_main!(benches);
+bench_groups!("breaker");

@@ -96,3 +96,40 @@ pub fn bench_shared<S>(
         })
     });
 }
+
+/// The two groups (`<prefix>/single`, `<prefix>/shared_2_threads`) over the bench's
+/// `rows!` macro, with the shared criterion settings, and the bench's `main`.
+#[macro_export]
+macro_rules! bench_groups {
+    ($prefix:literal) => {
+        fn single(c: &mut criterion::Criterion) {
+            let rt = support::current_thread_runtime();
+            // Build the services inside the runtime context, where tokio's clock lives.
+            let _enter = rt.enter();
+            let mut group = c.benchmark_group(concat!($prefix, "/single"));
+            rows!(bench_single, &mut group, &rt);
+            group.finish();
+        }
+
+        fn shared_2_threads(c: &mut criterion::Criterion) {
+            let rts = [
+                support::current_thread_runtime(),
+                support::current_thread_runtime(),
+            ];
+            let _enter = rts[0].enter();
+            let mut group = c.benchmark_group(concat!($prefix, "/shared_2_threads"));
+            rows!(bench_shared, &mut group, &rts);
+            group.finish();
+        }
+
+        criterion::criterion_group! {
+            name = benches;
+            config = criterion::Criterion::default()
+                .warm_up_time(std::time::Duration::from_secs(1))
+                .measurement_time(std::time::Duration::from_secs(3))
+                .sample_size(30);
+            targets = single, shared_2_threads
+        }
+        criterion::criterion_main!(benches);
+    };
+}
