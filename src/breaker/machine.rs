@@ -660,6 +660,14 @@ impl Shared {
 
     /// Moves to a closed kind with fresh rules and a fresh open backoff.
     fn close(&self, slow: &mut Slow, word: Word, kind: u64, reason: Reason) {
+        self.start_over(slow);
+        let next = Word::new(kind, word.epoch().wrapping_add(1));
+        self.install(word, next);
+        self.announce(word.state(), next.state(), reason);
+    }
+
+    /// Fresh rules and a fresh open backoff: what closing (or a reset) starts with.
+    fn start_over(&self, slow: &mut Slow) {
         self.consecutive.store(0, Relaxed);
         match &self.window {
             Some(Window::Count(w)) => w.reset(),
@@ -667,9 +675,6 @@ impl Shared {
             None => {}
         }
         slow.open_delays.reset();
-        let next = Word::new(kind, word.epoch().wrapping_add(1));
-        self.install(word, next);
-        self.announce(word.state(), next.state(), reason);
     }
 
     // --- watchdog hooks ------------------------------------------------------------------
@@ -759,13 +764,7 @@ impl Shared {
         if kind == CLOSED {
             // Reset always starts over, even from closed, but only a change is announced.
             if word.kind() == CLOSED {
-                self.consecutive.store(0, Relaxed);
-                match &self.window {
-                    Some(Window::Count(w)) => w.reset(),
-                    Some(Window::Time(w)) => w.reset(),
-                    None => {}
-                }
-                slow.open_delays.reset();
+                self.start_over(&mut slow);
             } else {
                 self.close(&mut slow, word, CLOSED, reason);
             }
