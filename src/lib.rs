@@ -54,6 +54,7 @@ pub mod http;
 mod outcome;
 pub mod retry;
 mod stripe;
+mod sync;
 pub mod watchdog;
 
 pub use config::ConfigError;

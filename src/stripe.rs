@@ -7,8 +7,7 @@
 //! fixed array of stripes covers every thread of a typical runtime; threads beyond it
 //! share one last stripe updated with `fetch_add`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Mutex, PoisonError};
+use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Adds one to a counter; `owned` when only this thread ever writes it.
 #[inline(always)]
@@ -25,29 +24,61 @@ pub(crate) fn bump(counter: &AtomicU64, owned: bool) {
 /// thread's last counter stores before the new holder's first load.
 struct ThreadSlot(usize);
 
-static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+#[cfg(not(steadfast_loom))]
+mod slots {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::{Mutex, PoisonError};
 
-impl ThreadSlot {
-    fn acquire() -> Self {
+    static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+    pub(super) fn acquire() -> usize {
         let reused = FREE_SLOTS
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        ThreadSlot(reused.unwrap_or_else(|| NEXT_SLOT.fetch_add(1, Relaxed)))
+        reused.unwrap_or_else(|| NEXT_SLOT.fetch_add(1, Relaxed))
+    }
+
+    pub(super) fn release(slot: usize) {
+        FREE_SLOTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(slot);
+    }
+}
+
+/// Under loom: a fresh slot per model thread, numbered anew in each execution (loom's
+/// statics live for one execution). Slots are not reused, so a model never sees the
+/// hand-over of a slot between two threads.
+#[cfg(steadfast_loom)]
+mod slots {
+    use crate::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    loom::lazy_static! {
+        static ref NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+    }
+
+    pub(super) fn acquire() -> usize {
+        NEXT_SLOT.fetch_add(1, Relaxed)
+    }
+
+    pub(super) fn release(_slot: usize) {}
+}
+
+impl ThreadSlot {
+    fn acquire() -> Self {
+        ThreadSlot(slots::acquire())
     }
 }
 
 impl Drop for ThreadSlot {
     fn drop(&mut self) {
-        FREE_SLOTS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(self.0);
+        slots::release(self.0);
     }
 }
 
-thread_local! {
+crate::sync::thread_local! {
     static SLOT: ThreadSlot = ThreadSlot::acquire();
 }
 

@@ -16,8 +16,7 @@
 //! threads sharing one breaker do not bounce a cache line on every call. A response
 //! future holds an `Arc` of its shard rather than of the shared state for the same reason.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -29,6 +28,8 @@ use super::State;
 use crate::backoff;
 use crate::config::nanos;
 use crate::stripe::{bump, handle, parallelism, pick};
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use crate::sync::{Mutex, MutexGuard};
 use crate::Outcome;
 
 // --- the state word --------------------------------------------------------------------
@@ -81,6 +82,12 @@ impl Word {
             _ => State::ForcedClosed,
         }
     }
+}
+
+/// The consecutive-failure word: the epoch of the closed state the failures were
+/// counted in (high half) and their number (low half).
+fn streak(epoch: u32, count: u32) -> u64 {
+    u64::from(epoch) << 32 | u64::from(count)
 }
 
 fn kind_of(state: State) -> u64 {
@@ -196,7 +203,8 @@ struct Slow {
 
 pub(crate) struct Shared {
     state: AtomicU64,
-    consecutive: AtomicU32,
+    /// Failures in a row and the epoch they count for (see [`streak`]).
+    consecutive: AtomicU64,
     /// Nanoseconds since `start` at which an open breaker may go half-open.
     open_until: AtomicU64,
     /// Nanoseconds since `start` after which the youngest trial is overdue.
@@ -268,7 +276,7 @@ impl Core {
         let time_end = slow_threshold.is_some() || matches!(window, Some(Window::Time(_)));
         let shared = Arc::new(Shared {
             state: AtomicU64::new(initial.0),
-            consecutive: AtomicU32::new(0),
+            consecutive: AtomicU64::new(streak(0, 0)),
             open_until: AtomicU64::new(open_until),
             trial_deadline: AtomicU64::new(0),
             window,
@@ -523,11 +531,11 @@ impl Shared {
         let mut reason = None;
         if let Some(threshold) = self.config.consecutive {
             if failed {
-                if self.consecutive.fetch_add(1, Relaxed) + 1 >= threshold {
+                if self.add_failure(epoch) >= threshold {
                     reason = Some(Reason::ConsecutiveFailures);
                 }
-            } else if self.consecutive.load(Relaxed) != 0 {
-                self.consecutive.store(0, Relaxed);
+            } else {
+                self.clear_failures(epoch);
             }
         }
         let totals = match &self.window {
@@ -553,6 +561,47 @@ impl Shared {
         }
         if let Some(reason) = reason {
             self.reopen(epoch, CLOSED, reason);
+        }
+    }
+
+    /// Counts a failure in a row for `epoch`: the count now, or 0 if the epoch is over.
+    ///
+    /// The check and the add are one compare-exchange, so a failure admitted before a
+    /// transition can never count toward the rules that start after it.
+    fn add_failure(&self, epoch: u32) -> u32 {
+        let mut current = self.consecutive.load(Relaxed);
+        loop {
+            if (current >> 32) as u32 != epoch {
+                return 0;
+            }
+            let count = (current as u32).saturating_add(1);
+            match self.consecutive.compare_exchange_weak(
+                current,
+                streak(epoch, count),
+                Relaxed,
+                Relaxed,
+            ) {
+                Ok(_) => return count,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// A success for `epoch` ends the run of failures. The common case, a success after
+    /// a success, only reads.
+    #[inline]
+    fn clear_failures(&self, epoch: u32) {
+        let mut current = self.consecutive.load(Relaxed);
+        while current as u32 != 0 && (current >> 32) as u32 == epoch {
+            match self.consecutive.compare_exchange_weak(
+                current,
+                streak(epoch, 0),
+                Relaxed,
+                Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
         }
     }
 
@@ -660,15 +709,16 @@ impl Shared {
 
     /// Moves to a closed kind with fresh rules and a fresh open backoff.
     fn close(&self, slow: &mut Slow, word: Word, kind: u64, reason: Reason) {
-        self.start_over(slow);
         let next = Word::new(kind, word.epoch().wrapping_add(1));
+        self.start_over(slow, next.epoch());
         self.install(word, next);
         self.announce(word.state(), next.state(), reason);
     }
 
-    /// Fresh rules and a fresh open backoff: what closing (or a reset) starts with.
-    fn start_over(&self, slow: &mut Slow) {
-        self.consecutive.store(0, Relaxed);
+    /// Fresh rules for `epoch` and a fresh open backoff: what closing (or a reset)
+    /// starts with. Done before the epoch is installed, which publishes it.
+    fn start_over(&self, slow: &mut Slow, epoch: u32) {
+        self.consecutive.store(streak(epoch, 0), Relaxed);
         match &self.window {
             Some(Window::Count(w)) => w.reset(),
             Some(Window::Time(w)) => w.reset(),
@@ -764,7 +814,7 @@ impl Shared {
         if kind == CLOSED {
             // Reset always starts over, even from closed, but only a change is announced.
             if word.kind() == CLOSED {
-                self.start_over(&mut slow);
+                self.start_over(&mut slow, word.epoch());
             } else {
                 self.close(&mut slow, word, CLOSED, reason);
             }

@@ -10,11 +10,11 @@
 //! stale bucket is recycled by the same write that counts the new call, and counts of
 //! calls are kept per thread. Memory is fixed whatever the call rate.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use crate::config::nanos;
 use crate::stripe::{bump_stamped, live_count, parallelism, pick, stamp};
-use std::time::Duration;
+use crate::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Calls, failures and slow calls currently in a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,7 +94,20 @@ impl CountWindow {
                 self.slow.fetch_add(delta, Relaxed);
             }
         }
-        (failed || slow).then(|| self.totals())
+        (failed || slow).then(|| self.latest_totals())
+    }
+
+    /// [`totals`](Self::totals) read with read-modify-writes, which see the latest
+    /// values where a load may see older ones. A failure whose bit replaced an older
+    /// failure's adds nothing to `failures`, and a load could then miss the other
+    /// thread's count and skip a trip the window calls for. Only failed or slow calls
+    /// pay for it.
+    fn latest_totals(&self) -> Totals {
+        Totals {
+            calls: self.pos.fetch_add(0, Relaxed).min(self.size),
+            failures: self.failures.fetch_add(0, Relaxed).max(0) as u64,
+            slow: self.slow.fetch_add(0, Relaxed).max(0) as u64,
+        }
     }
 
     pub(crate) fn totals(&self) -> Totals {

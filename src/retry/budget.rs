@@ -20,7 +20,6 @@
 //! retry) reads the clock and sums the buckets and the pending counts.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::config::{check_duration, nanos, ConfigError};
 use crate::stripe::{add_stamped, bump_stamped, live_count, parallelism, pick};
+use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Buckets per `ttl`: deposits and withdrawals expire in steps of a tenth.
 const BUCKETS: u64 = 10;
