@@ -201,7 +201,8 @@ fn incident(args: &Incident, cli: &Cli) -> Result<(), BoxError> {
     println!("Per phase (latency is what the client waited, retries included):\n");
     println!("{}", report::phase_table(&figures));
     println!(
-        "The hard outage ({:?}) and the recovery (from the end of the brownout):\n",
+        "The hard outage ({:?}), and the recovery: from each return of the downstream \
+         after being down (every flap) to the first request that succeeded, the worst:\n",
         script.outage
     );
     println!("{}", report::incident_table(&figures));

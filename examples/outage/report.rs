@@ -43,7 +43,7 @@ pub fn incident_table(figures: &[Figures]) -> String {
         .map(|f| f.outage_calls);
     let mut out = String::from(
         "| stack | calls to the dead downstream | vs bare | user calls after detection | \
-         time to detect | time to recover |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+         time to detect | time to recover (worst return) |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for f in figures {
         let vs_bare = match bare {

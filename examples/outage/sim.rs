@@ -460,15 +460,9 @@ pub struct Figures {
     pub detect: Option<Duration>,
     /// User calls that reached the dead downstream after the breaker first opened.
     pub user_calls_after_detect: Option<usize>,
-    /// From the downstream's return (the end of the brownout) to the first request
-    /// after which a whole second of requests succeeded (99%).
+    /// The worst time, over the downstream's returns from hard down (each flap), to the
+    /// first successful request.
     pub recover: Option<Duration>,
-}
-
-impl Figures {
-    pub fn phase(&self, phase: Phase) -> Option<&PhaseFigures> {
-        self.phases.iter().find(|p| p.phase == phase)
-    }
 }
 
 pub fn figures(run: &Run, script: &Script) -> Figures {
@@ -532,26 +526,40 @@ pub fn figures(run: &Run, script: &Script) -> Figures {
     }
 }
 
-fn recovery(requests: &[RequestRecord], script: &Script) -> Option<Duration> {
-    let back = script.start_of(Phase::Recovered);
-    let end = script.end_of(Phase::Recovered);
-    if script.recovered.is_zero() {
-        return None;
-    }
-    let after: Vec<&RequestRecord> = requests
-        .iter()
-        .filter(|r| r.sent >= back && r.sent < end)
-        .collect();
-    (0..after.len()).find_map(|i| {
-        let first = after[i];
-        if first.answer != Answer::Ok {
-            return None;
+/// Every stretch in which the downstream is back up after being hard down: from its
+/// return to its next failure (or the end).
+pub fn returns(script: &Script) -> Vec<(Duration, Duration)> {
+    let step = Duration::from_millis(1);
+    let mut out: Vec<(Duration, Duration)> = Vec::new();
+    let mut open = None;
+    let mut t = step;
+    while t < script.total() {
+        let (before, now) = (script.condition_at(t - step), script.condition_at(t));
+        if before == Condition::Down && now == Condition::Up {
+            open = Some(t);
         }
-        let until = (first.sent + Duration::from_secs(1)).min(end);
-        let window: Vec<_> = after[i..].iter().take_while(|r| r.sent < until).collect();
-        let ok = window.iter().filter(|r| r.answer == Answer::Ok).count();
-        (ratio(ok, window.len()) >= 0.99).then(|| first.sent - back)
-    })
+        if now == Condition::Down {
+            if let Some(back) = open.take() {
+                out.push((back, t));
+            }
+        }
+        t += step;
+    }
+    out.extend(open.map(|back| (back, script.total())));
+    out
+}
+
+/// The worst, over the downstream's returns, of the time from its return to the
+/// first request sent after it that succeeded; `None` if in one return none did.
+fn recovery(requests: &[RequestRecord], script: &Script) -> Option<Duration> {
+    let mut worst = None;
+    for (back, until) in returns(script) {
+        let first = requests
+            .iter()
+            .find(|r| r.sent >= back && r.sent < until && r.answer == Answer::Ok)?;
+        worst = worst.max(Some(first.sent - back));
+    }
+    worst
 }
 
 /// Per second of the run: client success rate (of requests sent that second) and

@@ -73,9 +73,9 @@ pub struct Tuning {
     pub retry_backoff: Backoff,
     /// steadfast retry's budget: `(ratio, min_per_sec, ttl)`.
     pub budget: (f64, u32, Duration),
-    /// The breaker's rules: open after this many failures in a row ...
-    pub consecutive_failures: u32,
-    /// ... or this failure rate over the last `window` calls (once `min_calls` are in).
+    /// The breaker's rule: open at this failure rate over the last `window` calls (once
+    /// `min_calls` are in). No rule on failures in a row: at a high call rate a brownout
+    /// that fails 30% of calls makes runs of 5 in a row within a second.
     pub failure_rate: f64,
     pub window: u32,
     pub min_calls: u32,
@@ -83,7 +83,7 @@ pub struct Tuning {
     pub open_backoff: Backoff,
     /// The watchdog's probe spacing while probes fail (jittered), ...
     pub probe_backoff: Backoff,
-    /// ... each probe's timeout, ...
+    /// ... each probe's timeout (the client's: a probe passes when a request would), ...
     pub probe_timeout: Duration,
     /// ... and the passes in a row that close the breaker.
     pub healthy_threshold: u32,
@@ -99,13 +99,12 @@ impl Default for Tuning {
             attempts: 3,
             retry_backoff: Backoff::exponential(ms(50), ms(1000)),
             budget: (0.1, 5, ms(10_000)),
-            consecutive_failures: 5,
             failure_rate: 0.5,
             window: 100,
             min_calls: 20,
             open_backoff: Backoff::exponential(ms(1000), ms(8000)).jitter(Jitter::Equal),
             probe_backoff: Backoff::exponential(ms(500), ms(1000)).jitter(Jitter::Equal),
-            probe_timeout: ms(250),
+            probe_timeout: ms(1000),
             healthy_threshold: 1,
             drain: ms(10_000),
         }
@@ -136,7 +135,6 @@ impl Stack {
         let breaker = if kind.has_breaker() {
             Some(
                 Breaker::builder(kind.name())
-                    .consecutive_failures(tuning.consecutive_failures)
                     .failure_rate(tuning.failure_rate)
                     .count_window(tuning.window)
                     .min_calls(tuning.min_calls)
