@@ -40,7 +40,13 @@ fn load() -> Load {
 }
 
 fn run(kind: StackKind, seed: u64) -> sim::Run {
-    sim::simulate(kind, &Tuning::default(), &script(), &load(), seed).unwrap()
+    let plan = sim::Plan {
+        tuning: Tuning::default(),
+        script: script(),
+        load: load(),
+        seed,
+    };
+    sim::simulate(kind, &plan).unwrap()
 }
 
 fn outage_amplification(f: &Figures) -> f64 {
@@ -56,7 +62,11 @@ fn each_stack_in_a_short_incident() {
         .map(|&kind| sim::figures(&run(kind, SEED), &script()))
         .collect();
     let of = |kind| figures.iter().find(|f| f.kind == kind).unwrap();
-    let (bare, naive, retry) = (of(StackKind::Bare), of(StackKind::Naive), of(StackKind::Retry));
+    let (bare, naive, retry) = (
+        of(StackKind::Bare),
+        of(StackKind::Naive),
+        of(StackKind::Retry),
+    );
     let (breaker, watchdog) = (of(StackKind::Breaker), of(StackKind::Watchdog));
 
     // Bare sends every request to the dead downstream; the full stack at most 5% of
@@ -93,7 +103,10 @@ fn each_stack_in_a_short_incident() {
     let tuning = Tuning::default();
     let bound = tuning.probe_backoff.max() + Duration::from_millis(100);
     let recover = watchdog.recover.expect("recovered after every flap");
-    assert!(recover <= bound, "recovered in {recover:?}, bound {bound:?}");
+    assert!(
+        recover <= bound,
+        "recovered in {recover:?}, bound {bound:?}"
+    );
     let without = breaker.recover.unwrap_or(Duration::MAX);
     assert!(
         without > recover,
@@ -119,6 +132,10 @@ fn full_jitter_does_under_half_the_work_of_none() {
     // In lockstep one client wins per round: 100 + 99 + ... + 1 calls.
     assert_eq!(calls("none"), 5050.0);
     for jitter in ["full", "equal", "decorrelated"] {
-        assert!(calls(jitter) < calls("none") / 2.0, "{jitter}: {}", calls(jitter));
+        assert!(
+            calls(jitter) < calls("none") / 2.0,
+            "{jitter}: {}",
+            calls(jitter)
+        );
     }
 }

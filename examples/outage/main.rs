@@ -41,7 +41,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use steadfast::BoxError;
 
-use crate::sim::{Load, Script};
+use crate::sim::{Load, Plan, Script};
 use crate::stacks::{StackKind, Tuning};
 
 #[derive(Debug, Parser)]
@@ -136,7 +136,12 @@ fn main() -> Result<(), BoxError> {
     }
 }
 
-fn secs(value: Option<f64>, simulated: f64, real: f64, is_real: bool) -> Result<Duration, BoxError> {
+fn secs(
+    value: Option<f64>,
+    simulated: f64,
+    real: f64,
+    is_real: bool,
+) -> Result<Duration, BoxError> {
     let s = value.unwrap_or(if is_real { real } else { simulated });
     Ok(Duration::try_from_secs_f64(s).map_err(|e| format!("{s} s: {e}"))?)
 }
@@ -165,8 +170,17 @@ fn incident(args: &Incident, cli: &Cli) -> Result<(), BoxError> {
     } else {
         args.stacks.clone()
     };
-    let tuning = Tuning::default();
-    let mode = if r { "loopback HTTP, real time" } else { "simulated, paused clock" };
+    let plan = Plan {
+        tuning: Tuning::default(),
+        script: script.clone(),
+        load: load.clone(),
+        seed: cli.seed,
+    };
+    let mode = if r {
+        "loopback HTTP, real time"
+    } else {
+        "simulated, paused clock"
+    };
     println!(
         "Incident ({mode}): healthy {:?}, hard outage {:?}, brownout {:?}, recovered {:?}, \
          flapping {:?} (down {:?} / up {:?}); {} clients x {} req/s; seed {}\n",
@@ -185,11 +199,11 @@ fn incident(args: &Incident, cli: &Cli) -> Result<(), BoxError> {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(real::run_all(&kinds, &tuning, &script, &load, cli.seed))?
+            .block_on(real::run_all(&kinds, &plan))?
     } else {
         kinds
             .iter()
-            .map(|&kind| sim::simulate(kind, &tuning, &script, &load, cli.seed))
+            .map(|&kind| sim::simulate(kind, &plan))
             .collect::<Result<Vec<_>, _>>()?
     };
     let figures: Vec<_> = runs.iter().map(|run| sim::figures(run, &script)).collect();

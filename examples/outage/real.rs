@@ -9,8 +9,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::routing::get;
 use axum::Router;
-use hyper::body::Bytes;
 use http_body_util::Empty;
+use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use steadfast::BoxError;
@@ -18,24 +18,16 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 
-use crate::sim::{self, Downstream, Kind, Load, Model, Run, Script, Transport};
-use crate::stacks::{StackKind, Tuning};
+use crate::sim::{self, Downstream, Kind, Model, Plan, Run, Transport};
+use crate::stacks::StackKind;
 
 /// Runs every stack at once, each against its own loopback server, on the current
 /// (real-time) runtime.
-pub async fn run_all(
-    kinds: &[StackKind],
-    tuning: &Tuning,
-    script: &Script,
-    load: &Load,
-    seed: u64,
-) -> Result<Vec<Run>, BoxError> {
+pub async fn run_all(kinds: &[StackKind], plan: &Plan) -> Result<Vec<Run>, BoxError> {
     let mut runs = Vec::new();
     for &kind in kinds {
-        let (tuning, script, load) = (tuning.clone(), script.clone(), load.clone());
-        runs.push(tokio::spawn(async move {
-            run_one(kind, &tuning, &script, &load, seed).await
-        }));
+        let plan = plan.clone();
+        runs.push(tokio::spawn(async move { run_one(kind, &plan).await }));
     }
     let mut out = Vec::new();
     for run in runs {
@@ -44,21 +36,15 @@ pub async fn run_all(
     Ok(out)
 }
 
-async fn run_one(
-    kind: StackKind,
-    tuning: &Tuning,
-    script: &Script,
-    load: &Load,
-    seed: u64,
-) -> Result<Run, BoxError> {
+async fn run_one(kind: StackKind, plan: &Plan) -> Result<Run, BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let start = Instant::now();
     let downstream = Downstream::new(
-        script.clone(),
-        Model::for_load(load.total_rate()),
+        plan.script.clone(),
+        Model::for_load(plan.load.total_rate()),
         start,
-        seed,
+        plan.seed,
     );
     let app = Router::new()
         .route("/work", get(serve_user))
@@ -69,7 +55,7 @@ async fn run_one(
         format!("http://{addr}/work").parse()?,
         format!("http://{addr}/probe").parse()?,
     );
-    let run = sim::run_stack(kind, tuning, script, load, seed, start, &downstream, transport).await;
+    let run = sim::run_stack(kind, plan, start, &downstream, transport).await;
     server.abort();
     run
 }

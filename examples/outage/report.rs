@@ -110,10 +110,12 @@ pub fn phases_csv(figures: &[Figures]) -> String {
                 p.probes,
                 p.amplification,
                 f.outage_calls,
-                f.detect.map_or(String::new(), |d| format!("{:.3}", d.as_secs_f64())),
+                f.detect
+                    .map_or(String::new(), |d| format!("{:.3}", d.as_secs_f64())),
                 f.user_calls_after_detect
                     .map_or(String::new(), |n| n.to_string()),
-                f.recover.map_or(String::new(), |d| format!("{:.3}", d.as_secs_f64())),
+                f.recover
+                    .map_or(String::new(), |d| format!("{:.3}", d.as_secs_f64())),
             );
         }
     }
@@ -153,6 +155,9 @@ pub fn contention_csv(rows: &[contention::Row]) -> String {
     out
 }
 
+/// What a chart panel plots of each second.
+type Value = fn(&Second) -> f64;
+
 /// Two panels over time, one line per stack: client success rate, and calls reaching
 /// the downstream per second; phases marked.
 pub fn chart(
@@ -171,11 +176,16 @@ pub fn chart(
         .unwrap_or(1)
         .max(1) as f64
         * 1.1;
-    let panels: [(&DrawingArea<SVGBackend<'_>, _>, &str, f64, fn(&Second) -> f64); 2] = [
-        (&top, "client success rate (%)", 105.0, |s| s.success * 100.0),
-        (&bottom, "calls reaching the downstream per second", max_calls, |s| {
-            s.downstream_calls as f64
-        }),
+    let success: Value = |s| s.success * 100.0;
+    let calls: Value = |s| s.downstream_calls as f64;
+    let panels = [
+        (&top, "client success rate (%)", 105.0, success),
+        (
+            &bottom,
+            "calls reaching the downstream per second",
+            max_calls,
+            calls,
+        ),
     ];
     for (area, title, y_max, value) in panels {
         let mut chart = ChartBuilder::on(area)

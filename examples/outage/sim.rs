@@ -244,8 +244,7 @@ impl Downstream {
         if self.script.condition_at(at) == Condition::Down {
             return self.refuse(DownstreamError::Down).await;
         }
-        if self.waiting.load(Relaxed) >= self.model.queue && self.workers.available_permits() == 0
-        {
+        if self.waiting.load(Relaxed) >= self.model.queue && self.workers.available_permits() == 0 {
             return self.refuse(DownstreamError::Overloaded).await;
         }
         self.waiting.fetch_add(1, Relaxed);
@@ -323,19 +322,32 @@ pub struct Run {
     pub transitions: Vec<(Duration, State)>,
 }
 
+/// Everything a run needs but the stack: settings, script, load and seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub tuning: Tuning,
+    pub script: Script,
+    pub load: Load,
+    pub seed: u64,
+}
+
 /// Plays the script against one stack: builds it over `transport`, sends the load
 /// until the end of the script, waits for the last answers, and returns the records.
 /// `downstream` is the one `transport` reaches (for its call log).
 pub async fn run_stack(
     kind: StackKind,
-    tuning: &Tuning,
-    script: &Script,
-    load: &Load,
-    seed: u64,
+    plan: &Plan,
     start: Instant,
     downstream: &Downstream,
     transport: Transport,
 ) -> Result<Run, BoxError> {
+    let Plan {
+        tuning,
+        script,
+        load,
+        seed,
+    } = plan;
+    let seed = *seed;
     let stack = Stack::new(kind, tuning, seed, transport.clone())?;
     let transitions = Arc::new(Mutex::new(Vec::new()));
     if let Some(breaker) = stack.breaker() {
@@ -407,23 +419,17 @@ fn classify(result: &Result<(), BoxError>) -> Answer {
 
 /// Runs one stack on a fresh paused-clock runtime with its own simulated downstream.
 /// Same inputs, same `Run`.
-pub fn simulate(
-    kind: StackKind,
-    tuning: &Tuning,
-    script: &Script,
-    load: &Load,
-    seed: u64,
-) -> Result<Run, BoxError> {
+pub fn simulate(kind: StackKind, plan: &Plan) -> Result<Run, BoxError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()?;
     runtime.block_on(async {
         let start = Instant::now();
-        let model = Model::for_load(load.total_rate());
-        let downstream = Downstream::new(script.clone(), model, start, seed);
+        let model = Model::for_load(plan.load.total_rate());
+        let downstream = Downstream::new(plan.script.clone(), model, start, plan.seed);
         let transport = in_memory(downstream.clone());
-        run_stack(kind, tuning, script, load, seed, start, &downstream, transport).await
+        run_stack(kind, plan, start, &downstream, transport).await
     })
 }
 
