@@ -152,8 +152,32 @@ impl Backoff {
 
     /// The delays, attempt by attempt. The iterator is endless.
     pub fn iter(&self) -> Iter {
+        self.iter_stream(0)
+    }
+
+    /// The delays of the independent sequence number `stream`.
+    ///
+    /// With a seed, each stream is its own reproducible sequence, and stream 0 is the
+    /// one [`iter`](Self::iter) gives. Clients sharing one seeded backoff should each
+    /// take their own stream: with the same sequence they would all retry in lockstep,
+    /// which is what jitter is there to prevent. The retry layer gives each request
+    /// that retries the next stream. Without a seed this is [`iter`](Self::iter).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use steadfast::backoff::{Backoff, Jitter};
+    ///
+    /// let backoff = Backoff::constant(Duration::from_secs(1))
+    ///     .jitter(Jitter::Full)
+    ///     .seed(7);
+    /// let first: Vec<_> = backoff.iter_stream(1).take(4).collect();
+    /// assert_eq!(first, backoff.iter_stream(1).take(4).collect::<Vec<_>>());
+    /// assert_ne!(first, backoff.iter_stream(2).take(4).collect::<Vec<_>>());
+    /// ```
+    pub fn iter_stream(&self, stream: u64) -> Iter {
         let rng = match self.seed {
-            Some(seed) => fastrand::Rng::with_seed(seed),
+            Some(seed) if stream == 0 => fastrand::Rng::with_seed(seed),
+            Some(seed) => fastrand::Rng::with_seed(mix(seed ^ mix(stream))),
             None => fastrand::Rng::new(),
         };
         Iter {
@@ -197,6 +221,14 @@ impl Backoff {
         }
         Ok(())
     }
+}
+
+/// SplitMix64's finalizer: spreads consecutive stream numbers over unrelated seeds.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl IntoIterator for &Backoff {

@@ -297,6 +297,43 @@ async fn seeded_jitter_reproduces_the_backoff_sequence_within_its_bounds() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn seeded_jitter_gives_each_request_its_own_reproducible_stream() {
+    let backoff = Backoff::constant(ms(100)).jitter(Jitter::Full).seed(42);
+    let run = || async {
+        let log = Log::default();
+        let mut svc = retry(
+            plain(2, ms(1)).backoff(backoff),
+            flaky(usize::MAX, log.clone()),
+        );
+        for _ in 0..40 {
+            call(&mut svc, ()).await.unwrap_err();
+        }
+        let times = log.times();
+        times
+            .chunks(2)
+            .map(|p| p[1] - p[0])
+            .collect::<Vec<Duration>>()
+    };
+    let delays = run().await;
+    assert_eq!(delays.len(), 40);
+    // Request k waits the first delay of stream k, observed through the 1 ms timer.
+    for (k, d) in delays.iter().enumerate() {
+        let want = backoff.iter_stream(k as u64).next().unwrap();
+        assert!(
+            want <= *d && *d < want + ms(1),
+            "request {k}: {d:?} vs {want:?}"
+        );
+    }
+    // One seed does not put every request in lockstep ...
+    let mut distinct = delays.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() > 30, "{delays:?}");
+    // ... and the same seed repeats the run exactly.
+    assert_eq!(run().await, delays);
+}
+
+#[tokio::test(start_paused = true)]
 async fn unseeded_jitter_differs_per_request_within_its_bounds() {
     for (jitter, lo) in [(Jitter::Full, Duration::ZERO), (Jitter::Equal, ms(50))] {
         let log = Log::default();

@@ -225,7 +225,7 @@ fn retry_after_failure(
     let waiter = waiter.get_or_insert_with(|| {
         Box::pin(Waiter {
             sleep: tokio::time::sleep(Duration::ZERO),
-            delays: params.backoff.iter(),
+            delays: params.backoff.iter_stream(params.next_stream()),
         })
     });
     let backoff = waiter.as_mut().project().delays.next().unwrap_or_default();

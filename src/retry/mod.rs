@@ -36,6 +36,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -74,6 +75,9 @@ pub(crate) struct Params {
     backoff: Backoff,
     max_elapsed: Option<Duration>,
     budget: Budget,
+    /// The next backoff stream: each request that retries draws its own sequence of a
+    /// seeded backoff (shared by every handle of one layer).
+    streams: Arc<AtomicU64>,
 }
 
 /// The policy without its classifier, shared by a layer and its services.
@@ -82,9 +86,17 @@ pub(crate) struct Settings {
     handles: Box<[Arc<Params>]>,
 }
 
+impl Params {
+    /// The backoff stream of a request about to make its first retry.
+    fn next_stream(&self) -> u64 {
+        self.streams.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
 impl Settings {
     pub(crate) fn new<C, R, H>(policy: &RetryPolicy<C, R, H>) -> Self {
         let handles = (parallelism() * 2).next_power_of_two().min(64);
+        let streams = Arc::new(AtomicU64::new(0));
         Self {
             handles: (0..handles)
                 .map(|_| {
@@ -93,6 +105,7 @@ impl Settings {
                         backoff: policy.backoff,
                         max_elapsed: policy.max_elapsed,
                         budget: policy.budget.clone(),
+                        streams: streams.clone(),
                     })
                 })
                 .collect(),

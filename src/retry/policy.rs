@@ -94,6 +94,11 @@ impl<C, R, H> RetryPolicy<C, R, H> {
 
     /// The delay before each retry: the `n`th delay before the `n`th retry (default
     /// [`DEFAULT_BACKOFF`]).
+    ///
+    /// Each request that retries draws its own jitter: with a seeded backoff, the
+    /// `k`th request of a layer to retry uses [`Backoff::iter_stream`]`(k)` (from 0), so
+    /// runs repeat exactly when requests retry in the same order, and concurrent
+    /// requests still spread their retries instead of retrying in lockstep.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
