@@ -49,6 +49,7 @@ pub mod breaker;
 mod chain;
 mod config;
 pub mod health;
+pub mod keyed;
 #[cfg(feature = "http")]
 pub mod http;
 mod outcome;

@@ -61,7 +61,7 @@ mod builder;
 mod event;
 mod layer;
 mod machine;
-mod service;
+pub(crate) mod service;
 mod window;
 
 pub mod error;

@@ -310,3 +310,25 @@ where
         ResponseFuture::called(self.inner.call(req), recorder, self.classify.clone())
     }
 }
+
+/// Decides and makes one call at `call` time, for a service that can only pick its
+/// breaker once it sees the request (the keyed service): `call` makes the inner call
+/// if the breaker admits it. The closed path costs what `BreakerService::call` does.
+#[inline]
+pub(crate) fn call_through<F, C>(
+    breaker: &Breaker,
+    classify: C,
+    call: impl FnOnce() -> F,
+) -> ResponseFuture<F, C> {
+    let core = &breaker.core;
+    let admission = match breaker.shared.admit_closed() {
+        Some(epoch) => Admission::Pass { epoch },
+        None => core.shared.admit(),
+    };
+    if let Admission::Reject { retry_after } = admission {
+        core.shared.count_rejected();
+        return ResponseFuture::rejected(Open::new(core.shared.name.clone(), retry_after));
+    }
+    let recorder = Recorder::new(core.shard().clone(), admission);
+    ResponseFuture::called(call(), recorder, classify)
+}
