@@ -320,7 +320,7 @@ struct Entry {
     /// Nanoseconds since the keyed breaker's start at which a sweep last found the
     /// key used (or the key was created).
     seen: AtomicU64,
-    _watchdog: Option<WatchdogHandle>,
+    watchdog: Option<WatchdogHandle>,
 }
 
 impl Entry {
@@ -328,6 +328,14 @@ impl Entry {
     fn touch(&self) {
         if !self.touched.load(Relaxed) {
             self.touched.store(true, Relaxed);
+        }
+    }
+
+    /// The key is evicted: its watchdog stops now (the map frees the entry itself
+    /// only once no reader can still see it).
+    fn retire(&self) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.stop();
         }
     }
 
@@ -593,7 +601,7 @@ where
             breaker,
             touched: AtomicBool::new(false),
             seen: AtomicU64::new(now),
-            _watchdog: watchdog,
+            watchdog,
         });
         if self.map.insert(key.clone(), entry.clone()).is_ok() {
             self.len.fetch_add(1, AcqRel);
@@ -607,7 +615,10 @@ where
         let mut removed = 0;
         self.map.retain(|_, entry| {
             let keep = now.saturating_sub(entry.last_used(now)) < self.idle;
-            removed += usize::from(!keep);
+            if !keep {
+                entry.retire();
+                removed += 1;
+            }
             keep
         });
         self.forget(removed);
@@ -630,7 +641,12 @@ where
         let removed = ages
             .iter()
             .take(batch)
-            .filter(|(_, key)| self.map.remove(key))
+            .filter(|(_, key)| {
+                self.map.remove_if(key, |entry| {
+                    entry.retire();
+                    true
+                })
+            })
             .count();
         self.forget(removed);
     }
