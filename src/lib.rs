@@ -49,9 +49,9 @@ pub mod breaker;
 mod chain;
 mod config;
 pub mod health;
-pub mod keyed;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod keyed;
 mod outcome;
 pub mod retry;
 mod stripe;

@@ -112,7 +112,11 @@ async fn pending_while_open_without_polling_inner_then_woken_by_the_timer() {
     assert_eq!(wakes.0.load(SeqCst), 0, "woken before the open delay ended");
     advance(Duration::from_millis(1)).await;
     settle().await;
-    assert_eq!(wakes.0.load(SeqCst), 1, "not woken when the open delay ended");
+    assert_eq!(
+        wakes.0.load(SeqCst),
+        1,
+        "not woken when the open delay ended"
+    );
 
     // Woken: the next poll takes the half-open trial, polling the inner service.
     assert!(matches!(poll(&mut svc, &waker), Poll::Ready(Ok(()))));
@@ -132,7 +136,11 @@ async fn woken_by_force_closed_and_never_err() {
     assert_eq!(wakes.0.load(SeqCst), 0);
 
     breaker.force_closed();
-    assert_eq!(wakes.0.load(SeqCst), 1, "force_closed did not wake the waiter");
+    assert_eq!(
+        wakes.0.load(SeqCst),
+        1,
+        "force_closed did not wake the waiter"
+    );
     assert!(matches!(poll(&mut svc, &waker), Poll::Ready(Ok(()))));
     svc.call(()).await.unwrap();
 }
@@ -164,7 +172,13 @@ async fn a_task_waiting_in_ready_resumes_when_a_watchdog_closes_the_breaker() {
     let watchdog = Watchdog::builder(&breaker, move || {
         p.fetch_add(1, SeqCst);
         let up = !d.load(SeqCst);
-        async move { if up { Ok(()) } else { Err("still down") } }
+        async move {
+            if up {
+                Ok(())
+            } else {
+                Err("still down")
+            }
+        }
     })
     .interval(Duration::from_secs(1))
     .backoff(Backoff::constant(Duration::from_secs(1)))
@@ -181,7 +195,10 @@ async fn a_task_waiting_in_ready_resumes_when_a_watchdog_closes_the_breaker() {
         advance(Duration::from_secs(1)).await;
         settle().await;
     }
-    assert!(!waiter.is_finished(), "ready while the watchdog's probes fail");
+    assert!(
+        !waiter.is_finished(),
+        "ready while the watchdog's probes fail"
+    );
     assert!(probes.load(SeqCst) >= 3, "probes: {}", probes.load(SeqCst));
     assert_eq!(inner.polls.load(SeqCst), 0, "inner polled while open");
 
@@ -193,7 +210,11 @@ async fn a_task_waiting_in_ready_resumes_when_a_watchdog_closes_the_breaker() {
     assert_eq!(breaker.state(), State::Closed);
     let mut svc = waiter.await.unwrap().expect("poll_ready returned Err");
     svc.call(()).await.unwrap();
-    assert_eq!(inner.calls.load(SeqCst), 1, "only the real call reached inner");
+    assert_eq!(
+        inner.calls.load(SeqCst),
+        1,
+        "only the real call reached inner"
+    );
     watchdog.shutdown().await;
 }
 

@@ -55,9 +55,16 @@ async fn one_failing_key_trips_alone() {
     assert_eq!(keyed.get(&"down".into()).unwrap().state(), State::Open);
     let before = reached.load(SeqCst);
     let err = svc.ready().await.unwrap().call("down/4".into()).await;
-    let open = err.unwrap_err().downcast::<Open>().expect("an Open rejection");
+    let open = err
+        .unwrap_err()
+        .downcast::<Open>()
+        .expect("an Open rejection");
     assert_eq!(open.breaker(), "hosts", "low-cardinality name");
-    assert_eq!(reached.load(SeqCst), before, "a rejected call reached the host");
+    assert_eq!(
+        reached.load(SeqCst),
+        before,
+        "a rejected call reached the host"
+    );
     for h in ["up1", "up2"] {
         let ok = svc.ready().await.unwrap().call(format!("{h}/x")).await;
         assert_eq!(ok.unwrap(), format!("{h}/x"));
@@ -67,12 +74,18 @@ async fn one_failing_key_trips_alone() {
 
     let snapshot = keyed.snapshot();
     assert_eq!((snapshot.keys, snapshot.rejecting), (3, 1));
-    assert_eq!(snapshot.shown[0].key, "\"down\"", "not-closed keys come first");
+    assert_eq!(
+        snapshot.shown[0].key, "\"down\"",
+        "not-closed keys come first"
+    );
     assert_eq!(snapshot.shown[0].breaker.state, State::Open);
     let health = Health::new();
     health.register_keyed(&keyed);
     let health = health.snapshot();
-    assert!(health.ready, "one host down must not make the service unready");
+    assert!(
+        health.ready,
+        "one host down must not make the service unready"
+    );
     assert_eq!(health.keyed[0].rejecting, 1);
 }
 
@@ -134,7 +147,11 @@ async fn at_the_cap_the_least_recently_used_go() {
     keyed.breaker(&0); // 0 becomes the most recent
     keyed.evict_idle();
     keyed.breaker(&16);
-    assert_eq!(keyed.len(), 15, "a batch of max_keys / 8 = 2 evicted, one added");
+    assert_eq!(
+        keyed.len(),
+        15,
+        "a batch of max_keys / 8 = 2 evicted, one added"
+    );
     assert!(keyed.get(&0).is_some(), "the recently used key was evicted");
     assert!(keyed.get(&1).is_none() && keyed.get(&2).is_none());
     assert!(keyed.get(&3).is_some());
@@ -151,7 +168,13 @@ async fn a_watchdog_per_key_probes_and_ends_with_the_key() {
                 let (key, p) = (*key, p.clone());
                 move || {
                     *p.lock().unwrap().entry(key).or_default() += 1;
-                    async move { if key == 1 { Ok(()) } else { Err("down") } }
+                    async move {
+                        if key == 1 {
+                            Ok(())
+                        } else {
+                            Err("down")
+                        }
+                    }
                 }
             },
             |w| {
@@ -183,7 +206,11 @@ async fn a_watchdog_per_key_probes_and_ends_with_the_key() {
         advance(Duration::from_secs(1)).await;
         settle().await;
     }
-    assert_eq!(probes.lock().unwrap()[&2], after, "an evicted key is still probed");
+    assert_eq!(
+        probes.lock().unwrap()[&2],
+        after,
+        "an evicted key is still probed"
+    );
 }
 
 // --- a p2c balancer over three endpoints ---------------------------------------------------
@@ -217,7 +244,13 @@ async fn p2c_routes_around_an_open_endpoint_and_takes_it_back() {
                 let ep = &eps[name];
                 ep.probes.fetch_add(1, SeqCst);
                 let up = !ep.down.load(SeqCst);
-                async move { if up { Ok(()) } else { Err("refused") } }
+                async move {
+                    if up {
+                        Ok(())
+                    } else {
+                        Err("refused")
+                    }
+                }
             }
         },
         |w| {
@@ -240,7 +273,13 @@ async fn p2c_routes_around_an_open_endpoint_and_takes_it_back() {
                     let ep = &eps[name];
                     ep.calls.fetch_add(1, SeqCst);
                     let up = !ep.down.load(SeqCst);
-                    async move { if up { Ok(name) } else { Err("refused") } }
+                    async move {
+                        if up {
+                            Ok(name)
+                        } else {
+                            Err("refused")
+                        }
+                    }
                 }));
             Constant::new(svc, 0)
         })
@@ -268,10 +307,17 @@ async fn p2c_routes_around_an_open_endpoint_and_takes_it_back() {
     drive(&mut balance, 100, &mut served).await;
     let (a1, b1) = (served.get("a").copied(), served.get("b").copied());
     assert_eq!(a1.unwrap_or(0) + b1.unwrap_or(0), 100, "{served:?}");
-    assert!(a1 > Some(20) && b1 > Some(20), "p2c spreads over both: {served:?}");
+    assert!(
+        a1 > Some(20) && b1 > Some(20),
+        "p2c spreads over both: {served:?}"
+    );
     drive(&mut balance, 400, &mut served).await;
     assert_eq!(served.get("c"), None, "c served while down");
-    assert_eq!(calls("c"), trip_calls, "a real request reached c while open");
+    assert_eq!(
+        calls("c"),
+        trip_calls,
+        "a real request reached c while open"
+    );
     assert!(
         probes("c") >= probes_at_trip + 20,
         "c probed {} times in 5 s",
@@ -285,7 +331,10 @@ async fn p2c_routes_around_an_open_endpoint_and_takes_it_back() {
     let mut served = HashMap::new();
     drive(&mut balance, 100, &mut served).await;
     assert_eq!(c.state(), State::Closed);
-    assert!(served.get("c").copied() > Some(10), "c did not rejoin: {served:?}");
+    assert!(
+        served.get("c").copied() > Some(10),
+        "c did not rejoin: {served:?}"
+    );
     assert_eq!(served.values().sum::<usize>(), 100, "{served:?}");
 }
 

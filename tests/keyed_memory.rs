@@ -81,7 +81,10 @@ async fn a_hundred_thousand_keys_stay_within_the_cap_and_flat_memory() {
     );
     // Far from unbounded: 100,000 keys held would take ~100x the bytes.
     assert!(peak < per_key * KEYS as isize / 20, "{peak}");
-    assert!(keyed.len() > CAP / 2, "eviction removes a batch, not everything");
+    assert!(
+        keyed.len() > CAP / 2,
+        "eviction removes a batch, not everything"
+    );
     assert_eq!(keyed.evicted(), KEYS - keyed.len() as u64);
 
     // Idle: a minute later, the next new key sweeps out every old one.

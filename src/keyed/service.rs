@@ -116,7 +116,8 @@ where
         let key = self.key_fn.key(&req);
         let inner = &mut self.inner;
         let classify = self.classify.clone();
-        self.keyed
-            .with(&key, |breaker| call_through(breaker, classify, || inner.call(req)))
+        self.keyed.with(&key, |breaker| {
+            call_through(breaker, classify, || inner.call(req))
+        })
     }
 }
