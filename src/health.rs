@@ -58,6 +58,8 @@ pub struct HealthSnapshot {
     pub dependencies: Vec<Dependency>,
     /// The keyed breakers, in registration order: counts over all keys and a capped
     /// list of keys (see [`KeyedBreaker::snapshot`]). They never block readiness.
+    /// Left out of the JSON when empty.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Vec::is_empty"))]
     pub keyed: Vec<KeyedSnapshot>,
 }
 
