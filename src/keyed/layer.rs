@@ -16,7 +16,7 @@ use crate::outcome::ErrorsAsFailures;
 /// use steadfast::keyed::{KeyedBreaker, KeyedBreakerLayer};
 /// use steadfast::Outcome;
 ///
-/// let tenants = KeyedBreaker::builder(Breaker::builder("tenants")).build()?;
+/// let tenants = KeyedBreaker::<u32>::builder(Breaker::builder("tenants")).build()?;
 /// let layer = KeyedBreakerLayer::new(tenants, |req: &(u32, String)| req.0)
 ///     .classify(|r: &Result<String, std::io::Error>| match r {
 ///         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Outcome::Ignored,

@@ -148,7 +148,10 @@ where
 ///
 /// let req = http::Request::get("http://10.0.0.7:8080/users").body(()).unwrap();
 /// assert_eq!(ByAuthority.key(&req).unwrap().as_str(), "10.0.0.7:8080");
-/// let upstreams = KeyedBreaker::builder(Breaker::builder("upstreams")).build()?;
+/// let upstreams = KeyedBreaker::<Option<http::uri::Authority>>::builder(
+///     Breaker::builder("upstreams"),
+/// )
+/// .build()?;
 /// let layer = upstreams.layer(ByAuthority);
 /// # let _ = layer;
 /// # Ok::<(), steadfast::ConfigError>(())
