@@ -24,12 +24,14 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::breaker::{Breaker, Snapshot, State};
+use crate::keyed::{KeyedBreaker, KeyedSnapshot, KeyedView};
 
 /// A registry of breakers whose states decide readiness. Cheap to clone; clones share
 /// the registry.
 #[derive(Clone, Default)]
 pub struct Health {
     breakers: Arc<RwLock<Vec<Breaker>>>,
+    keyed: Arc<RwLock<Vec<Arc<dyn KeyedView>>>>,
 }
 
 /// One dependency in a [`HealthSnapshot`].
@@ -54,6 +56,11 @@ pub struct HealthSnapshot {
     pub ready: bool,
     /// The dependencies, in registration order.
     pub dependencies: Vec<Dependency>,
+    /// The keyed breakers, in registration order: counts over all keys and a capped
+    /// list of keys (see [`KeyedBreaker::snapshot`]). They never block readiness.
+    /// Left out of the JSON when empty.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Vec::is_empty"))]
+    pub keyed: Vec<KeyedSnapshot>,
 }
 
 fn blocks(breaker: &Breaker) -> bool {
@@ -73,6 +80,36 @@ impl Health {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .push(breaker.clone());
+        self
+    }
+
+    /// Adds a [`KeyedBreaker`] (a clone of it is kept). Its keys are listed in
+    /// snapshots, capped by its `snapshot_keys`, but never block readiness: one
+    /// endpoint among many being down is what per-endpoint breakers are for.
+    ///
+    /// ```
+    /// use steadfast::breaker::Breaker;
+    /// use steadfast::health::Health;
+    /// use steadfast::keyed::KeyedBreaker;
+    ///
+    /// let hosts = KeyedBreaker::builder(Breaker::builder("hosts")).build()?;
+    /// hosts.breaker(&"a.example").force_open();
+    /// let health = Health::new();
+    /// health.register_keyed(&hosts);
+    /// let snapshot = health.snapshot();
+    /// assert!(snapshot.ready);
+    /// assert_eq!(snapshot.keyed[0].rejecting, 1);
+    /// assert_eq!(snapshot.keyed[0].shown[0].key, "\"a.example\"");
+    /// # Ok::<(), steadfast::ConfigError>(())
+    /// ```
+    pub fn register_keyed<K>(&self, keyed: &KeyedBreaker<K>) -> &Self
+    where
+        K: std::hash::Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+    {
+        self.keyed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::new(keyed.clone()));
         self
     }
 
@@ -99,9 +136,17 @@ impl Health {
                 blocks_readiness: blocks(b),
             })
             .collect();
+        let keyed = self
+            .keyed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|k| k.snapshot())
+            .collect();
         HealthSnapshot {
             ready: !dependencies.iter().any(|d| d.blocks_readiness),
             dependencies,
+            keyed,
         }
     }
 }

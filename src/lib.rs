@@ -51,6 +51,7 @@ mod config;
 pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod keyed;
 mod outcome;
 pub mod retry;
 mod stripe;

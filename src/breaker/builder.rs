@@ -47,6 +47,26 @@ pub(crate) struct RateRules {
     pub(crate) slow: Option<(Duration, f64)>,
 }
 
+/// What a [`BreakerService`](super::BreakerService)'s `poll_ready` does while the
+/// breaker rejects calls; set with [`BreakerBuilder::readiness`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Readiness {
+    /// `poll_ready` answers `Ready(Ok(()))` at once and the next `call` fails fast with
+    /// an [`Open`](super::error::Open) error (the default): right for a client that
+    /// wants to know at once and degrade.
+    #[default]
+    FailFast,
+    /// `poll_ready` answers `Pending` while the breaker rejects, and wakes the task
+    /// when a call could go through: when the open delay ends (a timer, not polling),
+    /// or on any state change (a watchdog closing the breaker, `force_closed`,
+    /// `reset`, a half-open trial finishing). Right for an endpoint inside a load
+    /// balancer such as `tower::balance::p2c`, which then routes around it. Never
+    /// `Err`. Needs a tokio runtime with time enabled; outside a runtime it behaves as
+    /// [`FailFast`](Self::FailFast).
+    Wait,
+}
+
 /// A checked configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Config {
@@ -56,6 +76,7 @@ pub(crate) struct Config {
     pub(crate) half_open_calls: u32,
     pub(crate) half_open_timeout: Duration,
     pub(crate) start_open: bool,
+    pub(crate) readiness: Readiness,
 }
 
 impl Default for Config {
@@ -72,6 +93,7 @@ impl Default for Config {
             half_open_calls: DEFAULT_HALF_OPEN_CALLS,
             half_open_timeout: DEFAULT_HALF_OPEN_TIMEOUT,
             start_open: false,
+            readiness: Readiness::FailFast,
         }
     }
 }
@@ -126,6 +148,7 @@ pub struct BreakerBuilder {
     half_open_calls: u32,
     half_open_timeout: Duration,
     start_open: bool,
+    readiness: Readiness,
 }
 
 impl fmt::Debug for BreakerBuilder {
@@ -142,6 +165,7 @@ impl fmt::Debug for BreakerBuilder {
             .field("half_open_calls", &self.half_open_calls)
             .field("half_open_timeout", &self.half_open_timeout)
             .field("start_open", &self.start_open)
+            .field("readiness", &self.readiness)
             .finish()
     }
 }
@@ -160,7 +184,13 @@ impl BreakerBuilder {
             half_open_calls: DEFAULT_HALF_OPEN_CALLS,
             half_open_timeout: DEFAULT_HALF_OPEN_TIMEOUT,
             start_open: false,
+            readiness: Readiness::FailFast,
         }
+    }
+
+    /// The name breakers built from this builder get.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
     }
 
     /// Trip after `n` failures in a row (at least 1). A success resets the count.
@@ -237,6 +267,25 @@ impl BreakerBuilder {
         self
     }
 
+    /// What `poll_ready` does while the breaker rejects (default
+    /// [`Readiness::FailFast`]). [`Readiness::Wait`] makes a rejecting breaker's
+    /// service not ready, so a load balancer routes around it:
+    ///
+    /// ```
+    /// use steadfast::breaker::{Breaker, Readiness};
+    ///
+    /// let endpoint = Breaker::builder("replica-2")
+    ///     .consecutive_failures(3)
+    ///     .readiness(Readiness::Wait)
+    ///     .build()?;
+    /// # let _ = endpoint;
+    /// # Ok::<(), steadfast::ConfigError>(())
+    /// ```
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
     /// Checks the configuration and builds the breaker.
     ///
     /// # Errors
@@ -252,7 +301,7 @@ impl BreakerBuilder {
         Ok(Breaker::from_config(self.name, config))
     }
 
-    fn config(&self) -> Result<Config, ConfigError> {
+    pub(crate) fn config(&self) -> Result<Config, ConfigError> {
         if let Some(0) = self.consecutive {
             return Err(ConfigError::new(
                 "consecutive_failures",
@@ -362,6 +411,7 @@ impl BreakerBuilder {
             half_open_calls: self.half_open_calls,
             half_open_timeout: self.half_open_timeout,
             start_open: self.start_open,
+            readiness: self.readiness,
         })
     }
 }

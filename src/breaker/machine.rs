@@ -19,7 +19,7 @@
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{futures::OwnedNotified, watch, Notify};
 use tokio::time::Instant;
 
 use super::builder::{Config, WindowKind};
@@ -231,6 +231,8 @@ pub(crate) struct Shared {
     escalated: AtomicUsize,
     slow_path: Mutex<Slow>,
     watch: watch::Sender<State>,
+    /// Woken on every transition: services in `Readiness::Wait` waiting in `poll_ready`.
+    changed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -294,6 +296,7 @@ impl Core {
             escalated: AtomicUsize::new(0),
             slow_path: Mutex::new(Slow { open_delays }),
             watch: watch::channel(initial.state()).0,
+            changed: Arc::new(Notify::new()),
             config,
         });
         let handles = (parallelism * 2).next_power_of_two().min(64);
@@ -674,6 +677,7 @@ impl Shared {
 
     fn announce(&self, from: State, to: State, reason: Reason) {
         self.watch.send_replace(to);
+        self.changed.notify_waiters();
         super::event::transition(&self.name, from, to, reason.as_str());
     }
 
@@ -823,6 +827,32 @@ impl Shared {
             self.install(word, next);
             self.announce(word.state(), to, reason);
         }
+    }
+}
+
+// --- readiness::wait hooks ----------------------------------------------------------------
+
+impl Shared {
+    /// Whether `poll_ready` waits while the breaker rejects (`Readiness::Wait`).
+    pub(crate) fn waits(&self) -> bool {
+        self.config.readiness == super::Readiness::Wait
+    }
+
+    /// Completes at the next transition; register it (poll it) before deciding.
+    pub(crate) fn changed(&self) -> OwnedNotified {
+        self.changed.clone().notified_owned()
+    }
+
+    /// How long until deciding again could give a different answer without a
+    /// transition: the end of the open delay (no watchdog attached), or the deadline
+    /// of the youngest half-open trial. `None`: only a transition can change it.
+    pub(crate) fn next_decision(&self) -> Option<Duration> {
+        let until = match self.word().kind() {
+            OPEN if self.watchdogs.load(Acquire) == 0 => self.open_until.load(Acquire),
+            HALF_OPEN => self.trial_deadline.load(Acquire),
+            _ => return None,
+        };
+        Some(Duration::from_nanos(until.saturating_sub(self.now())))
     }
 }
 

@@ -61,20 +61,21 @@ mod builder;
 mod event;
 mod layer;
 mod machine;
-mod service;
+pub(crate) mod service;
 mod window;
 
 pub mod error;
 pub mod future;
 
 pub use self::builder::{
-    BreakerBuilder, DEFAULT_CONSECUTIVE_FAILURES, DEFAULT_COUNT_WINDOW, DEFAULT_FAILURE_RATE,
-    DEFAULT_HALF_OPEN_CALLS, DEFAULT_HALF_OPEN_TIMEOUT, DEFAULT_MIN_CALLS, DEFAULT_OPEN_BACKOFF,
+    BreakerBuilder, Readiness, DEFAULT_CONSECUTIVE_FAILURES, DEFAULT_COUNT_WINDOW,
+    DEFAULT_FAILURE_RATE, DEFAULT_HALF_OPEN_CALLS, DEFAULT_HALF_OPEN_TIMEOUT, DEFAULT_MIN_CALLS,
+    DEFAULT_OPEN_BACKOFF,
 };
 pub use self::layer::BreakerLayer;
 pub use self::service::BreakerService;
 
-use self::builder::Config;
+pub(crate) use self::builder::Config;
 pub(crate) use self::machine::Core;
 
 /// The breaker's shared state, for the watchdog.

@@ -1,12 +1,17 @@
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::error::Open;
 use super::future::ResponseFuture;
-use super::machine::{Admission, Recorder};
+use super::machine::{Admission, Recorder, Shared};
 use super::Breaker;
 use crate::outcome::ErrorsAsFailures;
 use crate::{BoxError, Classify};
@@ -37,17 +42,38 @@ impl Slot {
     }
 }
 
+pin_project! {
+    /// What a service in `Readiness::Wait` waits on while its breaker rejects: the next
+    /// transition, and the time at which deciding again could let a call through.
+    /// Made on the first wait and kept (reset in place) for the service's life.
+    struct Waiter {
+        #[pin]
+        changed: OwnedNotified,
+        #[pin]
+        sleep: Sleep,
+    }
+}
+
 /// A service guarded by a [`Breaker`]; built by [`BreakerLayer`](super::BreakerLayer).
 ///
 /// # Readiness
 ///
 /// `poll_ready` decides whether the next call goes through. While the breaker
-/// rejects, it answers `Ready(Ok(()))` at once *without* polling the inner service,
-/// and the next `call` returns a ready [`Open`] error: a stack waiting for readiness
-/// never stalls on a dead downstream, and `poll_ready` never returns the breaker's own
-/// error (tower treats an error there as the service being gone for good). When the
-/// call will go through, the inner service has been polled ready first. Errors from the
-/// inner `poll_ready` are passed on.
+/// rejects, by default ([`Readiness::FailFast`](super::Readiness::FailFast)) it
+/// answers `Ready(Ok(()))` at once *without* polling the inner service, and the next
+/// `call` returns a ready [`Open`] error: a stack waiting for readiness never stalls on
+/// a dead downstream, and `poll_ready` never returns the breaker's own error (tower
+/// treats an error there as the service being gone for good). When the call will go
+/// through, the inner service has been polled ready first. Errors from the inner
+/// `poll_ready` are passed on.
+///
+/// With [`Readiness::Wait`](super::Readiness::Wait), `poll_ready` answers `Pending`
+/// while the breaker rejects, still without polling the inner service, and wakes the
+/// task when deciding again could let a call through: a timer at the end of the open
+/// delay (or at a half-open trial's deadline), and every transition (a watchdog
+/// closing the breaker, `force_closed`, `reset`, a trial finishing). A load balancer
+/// then routes around the endpoint until it can take a call again. A `call` made
+/// without `poll_ready` still fails fast.
 ///
 /// A half-open trial permit is taken by `poll_ready` and held until `call`; dropping
 /// the service gives it back. `call` without `poll_ready` decides then, and forwards an
@@ -61,6 +87,8 @@ pub struct BreakerService<S, C = ErrorsAsFailures> {
     trial: Option<Recorder>,
     /// The hint of a `Slot::REJECT`.
     retry_after: Option<Duration>,
+    /// `Readiness::Wait` only, made on the first wait.
+    waiter: Option<Pin<Box<Waiter>>>,
 }
 
 impl<S> BreakerService<S> {
@@ -73,6 +101,7 @@ impl<S> BreakerService<S> {
             slot: Slot::EMPTY,
             trial: None,
             retry_after: None,
+            waiter: None,
         }
     }
 }
@@ -87,6 +116,7 @@ impl<S, C> BreakerService<S, C> {
             slot: self.slot,
             trial: self.trial,
             retry_after: self.retry_after,
+            waiter: self.waiter,
         }
     }
 
@@ -135,6 +165,59 @@ impl<S, C> BreakerService<S, C> {
             }
         }
     }
+
+    /// `poll_ready` found the breaker rejecting: `Some` to answer now (ready, to fail
+    /// fast; or pending, to wait), `None` when deciding again let the call through.
+    #[cold]
+    #[inline(never)]
+    fn poll_rejecting(&mut self, cx: &mut Context<'_>) -> Option<Poll<Result<(), BoxError>>> {
+        let shared = self.breaker.shared.clone();
+        // A `Sleep` needs a runtime: outside one, fail fast rather than panic.
+        if !shared.waits() || tokio::runtime::Handle::try_current().is_err() {
+            return Some(Poll::Ready(Ok(())));
+        }
+        let mut waiter = self.waiter.take().unwrap_or_else(|| {
+            Box::pin(Waiter {
+                changed: shared.changed(),
+                sleep: tokio::time::sleep_until(Instant::now()),
+            })
+        });
+        let answer = self.wait(&shared, waiter.as_mut(), cx);
+        self.waiter = Some(waiter);
+        answer
+    }
+
+    fn wait(
+        &mut self,
+        shared: &Shared,
+        mut waiter: Pin<&mut Waiter>,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<Result<(), BoxError>>> {
+        // Each round either sees the call admitted, registers both wake-ups, or finds
+        // its timer already due and decides again; a few rounds cover a racing
+        // transition, and past them the task is woken at once rather than stalled.
+        for _ in 0..4 {
+            let mut w = waiter.as_mut().project();
+            // Register for the next transition before deciding, so none is missed.
+            if w.changed.as_mut().poll(cx).is_ready() {
+                w.changed.set(shared.changed());
+                let _ = w.changed.as_mut().poll(cx);
+            }
+            self.slot = self.decide();
+            if self.slot != Slot::REJECT {
+                return None;
+            }
+            let Some(delay) = shared.next_decision() else {
+                return Some(Poll::Pending);
+            };
+            w.sleep.as_mut().reset(Instant::now() + delay);
+            if w.sleep.poll(cx).is_pending() {
+                return Some(Poll::Pending);
+            }
+        }
+        cx.waker().wake_by_ref();
+        Some(Poll::Pending)
+    }
 }
 
 /// Per-instance readiness must not be shared: a clone starts undecided, and a trial
@@ -148,6 +231,7 @@ impl<S: Clone, C: Clone> Clone for BreakerService<S, C> {
             slot: Slot::EMPTY,
             trial: None,
             retry_after: None,
+            waiter: None,
         }
     }
 }
@@ -188,7 +272,9 @@ where
             self.slot = self.decide();
         }
         if self.slot == Slot::REJECT {
-            return Poll::Ready(Ok(()));
+            if let Some(answer) = self.poll_rejecting(cx) {
+                return answer;
+            }
         }
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
@@ -223,4 +309,26 @@ where
         };
         ResponseFuture::called(self.inner.call(req), recorder, self.classify.clone())
     }
+}
+
+/// Decides and makes one call at `call` time, for a service that can only pick its
+/// breaker once it sees the request (the keyed service): `call` makes the inner call
+/// if the breaker admits it. The closed path costs what `BreakerService::call` does.
+#[inline]
+pub(crate) fn call_through<F, C>(
+    breaker: &Breaker,
+    classify: C,
+    call: impl FnOnce() -> F,
+) -> ResponseFuture<F, C> {
+    let core = &breaker.core;
+    let admission = match breaker.shared.admit_closed() {
+        Some(epoch) => Admission::Pass { epoch },
+        None => core.shared.admit(),
+    };
+    if let Admission::Reject { retry_after } = admission {
+        core.shared.count_rejected();
+        return ResponseFuture::rejected(Open::new(core.shared.name.clone(), retry_after));
+    }
+    let recorder = Recorder::new(core.shard().clone(), admission);
+    ResponseFuture::called(call(), recorder, classify)
 }

@@ -276,6 +276,11 @@ impl WatchdogHandle {
         let _ = self.done.await;
     }
 
+    /// Tells the watchdog to stop, without waiting for it.
+    pub(crate) fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
     /// Whether the watchdog reports the dependency escalated.
     pub fn is_escalated(&self) -> bool {
         self.shared.is_escalated()

@@ -1,0 +1,719 @@
+//! Breakers per endpoint: one breaker per key of the request (a host, say), made on
+//! first use from a template, with bounded memory.
+//!
+//! # Why keyed breakers?
+//!
+//! A client that calls many hosts through one breaker turns one bad host into a total
+//! outage: its failures trip the breaker for every host. A [`KeyedBreaker`] keeps one
+//! breaker per key instead, built from a template [`BreakerBuilder`] the first time
+//! the key is seen, so a failing host is cut off alone.
+//!
+//! # Bounded
+//!
+//! A client that sees a million hosts must not keep a million breakers. A keyed
+//! breaker holds at most [`max_keys`](KeyedBreakerBuilder::max_keys) keys, and forgets
+//! a key not used for [`idle`](KeyedBreakerBuilder::idle) (measured on tokio's clock):
+//!
+//! - **Idle eviction.** A key used within `idle` is never evicted as idle. Idle keys
+//!   are swept when a new key is created (at most once every `idle / 8`), and by
+//!   [`KeyedBreaker::evict_idle`].
+//! - **At the cap.** Creating a key when `max_keys` are held first sweeps idle keys;
+//!   if none was idle, it evicts the least recently used eighth of the keys (at least
+//!   one; recency is tracked to the sweep, not to the call). The key count never
+//!   exceeds `max_keys`, nothing panics, and no call is refused for it: a key evicted
+//!   while still in use gets a fresh breaker (closed, with empty windows) at its next
+//!   call. Calls in flight on an evicted breaker finish normally.
+//!
+//! Each key costs a [`Breaker`] (its counters are striped per thread: about 8 KiB on a
+//! machine with a few cores) plus the key; size `max_keys` with that in mind.
+//!
+//! # Cost
+//!
+//! Looking up a known key takes no lock: the map is [`scc::HashIndex`], whose reads
+//! are lock-free (epoch-based reclamation), and a call's breaker then costs what a
+//! single breaker's does. Only creating a key takes the keyed breaker's mutex (it
+//! allocates the breaker anyway). See the README for measured numbers.
+//!
+//! # Names
+//!
+//! Every key's breaker carries the keyed breaker's name, so events, errors
+//! ([`Open::breaker`](crate::breaker::error::Open::breaker)) and snapshots stay
+//! low-cardinality however many keys there are; [`KeyedBreaker::snapshot`] pairs each
+//! snapshot with its key.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), steadfast::BoxError> {
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//! use steadfast::breaker::{error::Open, Breaker};
+//! use steadfast::keyed::KeyedBreaker;
+//!
+//! let hosts = KeyedBreaker::builder(Breaker::builder("hosts").consecutive_failures(2))
+//!     .max_keys(1_000)
+//!     .build()?;
+//! // The key of a request: here the host part of "host/path".
+//! let host = |req: &String| req.split('/').next().unwrap_or_default().to_owned();
+//! let mut client = ServiceBuilder::new()
+//!     .layer(hosts.layer(host))
+//!     .service(service_fn(|req: String| async move {
+//!         if req.starts_with("down.example") { Err("connection refused") } else { Ok(req) }
+//!     }));
+//!
+//! for _ in 0..2 {
+//!     let _ = client.ready().await?.call("down.example/a".into()).await;
+//! }
+//! let err = client.ready().await?.call("down.example/b".into()).await.unwrap_err();
+//! assert!(err.downcast_ref::<Open>().is_some()); // that host is cut off ...
+//! let ok = client.ready().await?.call("up.example/c".into()).await?;
+//! assert_eq!(ok, "up.example/c"); // ... the others are not
+//! assert_eq!(hosts.len(), 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # With a load balancer
+//!
+//! The keyed service picks its breaker from the request, so its `poll_ready` cannot
+//! know which breaker the next call needs and never waits on one. For a balancer over
+//! known endpoints, give each endpoint its own service with
+//! [`KeyedBreaker::layer_for`] and a template built with
+//! [`Readiness::Wait`](crate::breaker::Readiness::Wait): an endpoint whose breaker is
+//! open is then not ready, and the balancer routes around it.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use scc::ebr::Guard;
+use scc::HashIndex;
+use tokio::time::Instant;
+
+use crate::breaker::{Breaker, BreakerBuilder, BreakerLayer, Config, Snapshot, State};
+use crate::config::{check_duration, nanos, ConfigError};
+use crate::watchdog::{Probe, Watchdog, WatchdogBuilder, WatchdogHandle};
+
+mod layer;
+mod service;
+
+pub mod future;
+
+pub use self::layer::KeyedBreakerLayer;
+pub use self::service::KeyedBreakerService;
+
+/// The default [`max_keys`](KeyedBreakerBuilder::max_keys).
+pub const DEFAULT_MAX_KEYS: usize = 1_024;
+/// The default [`idle`](KeyedBreakerBuilder::idle) time after which a key is forgotten.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
+/// The default [`snapshot_keys`](KeyedBreakerBuilder::snapshot_keys).
+pub const DEFAULT_SNAPSHOT_KEYS: usize = 16;
+
+const MAX_MAX_KEYS: usize = 1 << 24;
+const MIN_IDLE: Duration = Duration::from_millis(1);
+/// Longest key text in a snapshot, in bytes.
+const KEY_TEXT: usize = 64;
+
+/// How a keyed layer finds the key of a request.
+///
+/// Implemented for every `Fn(&Req) -> K`. With the `http` feature,
+/// [`ByAuthority`] keys HTTP requests by their URI's authority.
+pub trait KeyFn<Req> {
+    /// The key: a host, an address, a tenant.
+    type Key;
+
+    /// The key of `req`.
+    fn key(&self, req: &Req) -> Self::Key;
+}
+
+impl<F, Req, K> KeyFn<Req> for F
+where
+    F: Fn(&Req) -> K,
+{
+    type Key = K;
+
+    #[inline]
+    fn key(&self, req: &Req) -> K {
+        self(req)
+    }
+}
+
+/// Keys an HTTP request by its URI's authority (`host:port`), or its `Host` header
+/// when the URI has none (as on a server); `None` when it has neither, and all such
+/// requests share one breaker. Feature `http`.
+///
+/// ```
+/// use steadfast::breaker::Breaker;
+/// use steadfast::keyed::{ByAuthority, KeyFn, KeyedBreaker};
+///
+/// let req = http::Request::get("http://10.0.0.7:8080/users").body(()).unwrap();
+/// assert_eq!(ByAuthority.key(&req).unwrap().as_str(), "10.0.0.7:8080");
+/// let upstreams = KeyedBreaker::<Option<http::uri::Authority>>::builder(
+///     Breaker::builder("upstreams"),
+/// )
+/// .build()?;
+/// let layer = upstreams.layer(ByAuthority);
+/// # let _ = layer;
+/// # Ok::<(), steadfast::ConfigError>(())
+/// ```
+#[cfg(feature = "http")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByAuthority;
+
+#[cfg(feature = "http")]
+impl<B> KeyFn<http::Request<B>> for ByAuthority {
+    type Key = Option<http::uri::Authority>;
+
+    #[inline]
+    fn key(&self, req: &http::Request<B>) -> Self::Key {
+        match req.uri().authority() {
+            Some(authority) => Some(authority.clone()),
+            None => req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok()),
+        }
+    }
+}
+
+type MakeWatchdog<K> =
+    Arc<dyn Fn(&K, &Breaker) -> Result<WatchdogHandle, ConfigError> + Send + Sync>;
+
+/// Builds a [`KeyedBreaker`]; from [`KeyedBreaker::builder`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct KeyedBreakerBuilder<K> {
+    template: BreakerBuilder,
+    max_keys: usize,
+    idle: Duration,
+    snapshot_keys: usize,
+    watchdog: Option<MakeWatchdog<K>>,
+}
+
+impl<K> fmt::Debug for KeyedBreakerBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBreakerBuilder")
+            .field("template", &self.template)
+            .field("max_keys", &self.max_keys)
+            .field("idle", &self.idle)
+            .field("snapshot_keys", &self.snapshot_keys)
+            .field("watchdog", &self.watchdog.is_some())
+            .finish()
+    }
+}
+
+impl<K> KeyedBreakerBuilder<K>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    /// At most `n` keys are held (default [`DEFAULT_MAX_KEYS`], 1 to 16,777,216);
+    /// see the [module docs](self) for what happens at the cap.
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+
+    /// A key not used for `idle` is forgotten (default [`DEFAULT_IDLE`], 1 ms to one
+    /// day). Keep it well above the template's longest open delay, or a down host's
+    /// open breaker may be forgotten while nobody calls it.
+    pub fn idle(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// How many keys [`KeyedBreaker::snapshot`] (and so a
+    /// [`Health`](crate::health::Health) snapshot) lists at most; keys that are not
+    /// closed first (default [`DEFAULT_SNAPSHOT_KEYS`]; 0 lists none).
+    pub fn snapshot_keys(mut self, n: usize) -> Self {
+        self.snapshot_keys = n;
+        self
+    }
+
+    /// Attaches a [watchdog](crate::watchdog) to each key's breaker when the key is
+    /// created: `probe` makes the key's probe, `configure` sets the watchdog (pass
+    /// `|w| w` for the defaults). The watchdog ends when the key is evicted.
+    ///
+    /// The watchdog's settings can only be checked once there is a probe, so when a
+    /// key is created: a [`ConfigError`] then is logged (an `error` event, target
+    /// `steadfast::keyed`) and that key runs without a watchdog.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), steadfast::ConfigError> {
+    /// use std::time::Duration;
+    /// use steadfast::breaker::Breaker;
+    /// use steadfast::keyed::KeyedBreaker;
+    ///
+    /// let hosts = KeyedBreaker::builder(Breaker::builder("hosts"))
+    ///     .watchdog(
+    ///         |host: &String| {
+    ///             let host = host.clone();
+    ///             move || {
+    ///                 let _target = host.clone(); // e.g. GET http://{host}/health
+    ///                 async { Ok::<_, std::io::Error>(()) }
+    ///             }
+    ///         },
+    ///         |w| w.interval(Duration::from_secs(2)),
+    ///     )
+    ///     .build()?;
+    /// let _breaker = hosts.breaker(&"db-1:5432".to_string());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn watchdog<P, F, W>(mut self, probe: F, configure: W) -> Self
+    where
+        P: Probe,
+        F: Fn(&K) -> P + Send + Sync + 'static,
+        W: Fn(WatchdogBuilder<P>) -> WatchdogBuilder<P> + Send + Sync + 'static,
+    {
+        self.watchdog = Some(Arc::new(move |key: &K, breaker: &Breaker| {
+            configure(Watchdog::builder(breaker, probe(key))).spawn()
+        }));
+        self
+    }
+
+    /// Checks the settings and builds the keyed breaker.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for a template that would not build (see
+    /// [`BreakerBuilder::build`]), `max_keys` of 0 or above 16,777,216, or an `idle`
+    /// below 1 ms or above one day.
+    pub fn build(self) -> Result<KeyedBreaker<K>, ConfigError> {
+        let config = self.template.config()?;
+        if self.max_keys == 0 {
+            return Err(ConfigError::new("max_keys", "must be at least 1"));
+        }
+        if self.max_keys > MAX_MAX_KEYS {
+            return Err(ConfigError::new(
+                "max_keys",
+                format!("must be at most {MAX_MAX_KEYS}, got {}", self.max_keys),
+            ));
+        }
+        check_duration("idle", self.idle)?;
+        if self.idle < MIN_IDLE {
+            return Err(ConfigError::new(
+                "idle",
+                format!("must be at least 1ms, got {:?}", self.idle),
+            ));
+        }
+        Ok(KeyedBreaker {
+            inner: Arc::new(Inner {
+                name: self.template.name().clone(),
+                config,
+                map: HashIndex::new(),
+                len: AtomicUsize::new(0),
+                max_keys: self.max_keys,
+                idle: nanos(self.idle),
+                snapshot_keys: self.snapshot_keys,
+                start: Instant::now(),
+                create: Mutex::new(Sweeps { last: 0 }),
+                evicted: AtomicU64::new(0),
+                watchdog: self.watchdog,
+            }),
+        })
+    }
+}
+
+/// One key's breaker, with what eviction needs.
+struct Entry {
+    breaker: Breaker,
+    /// Set by a call, cleared by a sweep (which then stamps `seen`): the call path
+    /// writes it only when it is clear, so hot keys are read-only.
+    touched: AtomicBool,
+    /// Nanoseconds since the keyed breaker's start at which a sweep last found the
+    /// key used (or the key was created).
+    seen: AtomicU64,
+    watchdog: Option<WatchdogHandle>,
+}
+
+impl Entry {
+    #[inline(always)]
+    fn touch(&self) {
+        if !self.touched.load(Relaxed) {
+            self.touched.store(true, Relaxed);
+        }
+    }
+
+    /// The key is evicted: its watchdog stops now (the map frees the entry itself
+    /// only once no reader can still see it).
+    fn retire(&self) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.stop();
+        }
+    }
+
+    /// When the key was last known used, folding in a touch since the last sweep.
+    fn last_used(&self, now: u64) -> u64 {
+        if self.touched.swap(false, Relaxed) {
+            self.seen.store(now, Relaxed);
+            now
+        } else {
+            self.seen.load(Relaxed)
+        }
+    }
+}
+
+/// State of the create path, under its mutex.
+struct Sweeps {
+    /// When idle keys were last swept.
+    last: u64,
+}
+
+struct Inner<K> {
+    name: Arc<str>,
+    config: Config,
+    map: HashIndex<K, Arc<Entry>>,
+    /// Keys held; changed only under `create`, so it never passes `max_keys`.
+    len: AtomicUsize,
+    max_keys: usize,
+    idle: u64,
+    snapshot_keys: usize,
+    start: Instant,
+    create: Mutex<Sweeps>,
+    evicted: AtomicU64,
+    watchdog: Option<MakeWatchdog<K>>,
+}
+
+/// Breakers per key, made on first use from a template and bounded in number; a
+/// cheap handle (clones share the keys). See the [module docs](self).
+pub struct KeyedBreaker<K> {
+    inner: Arc<Inner<K>>,
+}
+
+impl<K> Clone for KeyedBreaker<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedBreaker<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBreaker")
+            .field("name", &self.inner.name)
+            .field("keys", &self.inner.len.load(Relaxed))
+            .field("max_keys", &self.inner.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One key's breaker in a [`KeyedSnapshot`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct KeySnapshot {
+    /// The key, as its `Debug` form cut to 64 bytes.
+    pub key: String,
+    /// Its breaker's figures (named after the keyed breaker).
+    pub breaker: Snapshot,
+}
+
+/// A keyed breaker's figures, from [`KeyedBreaker::snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct KeyedSnapshot {
+    /// The keyed breaker's name.
+    pub name: Arc<str>,
+    /// Keys held now.
+    pub keys: usize,
+    /// Keys whose breaker rejects calls now (open or forced open).
+    pub rejecting: usize,
+    /// Keys evicted so far (idle or at the cap).
+    pub evicted: u64,
+    /// Up to `snapshot_keys` keys: those not closed first, then the others.
+    pub shown: Vec<KeySnapshot>,
+}
+
+impl<K> KeyedBreaker<K>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    /// Starts building a keyed breaker whose keys' breakers are built from `template`
+    /// (its name names them all).
+    pub fn builder(template: BreakerBuilder) -> KeyedBreakerBuilder<K> {
+        KeyedBreakerBuilder {
+            template,
+            max_keys: DEFAULT_MAX_KEYS,
+            idle: DEFAULT_IDLE,
+            snapshot_keys: DEFAULT_SNAPSHOT_KEYS,
+            watchdog: None,
+        }
+    }
+
+    /// The keyed breaker's name (the template's).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Keys held now; never more than `max_keys`.
+    pub fn len(&self) -> usize {
+        self.inner.len.load(Acquire)
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keys evicted so far, idle or at the cap.
+    pub fn evicted(&self) -> u64 {
+        self.inner.evicted.load(Relaxed)
+    }
+
+    /// The breaker of `key`, made now if the key is new (which may evict others).
+    /// Counts as a use of the key.
+    pub fn breaker(&self, key: &K) -> Breaker {
+        self.with(key, Breaker::clone)
+    }
+
+    /// The breaker of `key` if it is held now; does not count as a use.
+    pub fn get(&self, key: &K) -> Option<Breaker> {
+        self.inner
+            .map
+            .peek_with(key, |_, entry| entry.breaker.clone())
+    }
+
+    /// A [`BreakerLayer`] for `key`'s breaker (made now if new): one endpoint's
+    /// service, for a load balancer. The service keeps that breaker even if the key
+    /// is later evicted.
+    pub fn layer_for(&self, key: &K) -> BreakerLayer {
+        self.breaker(key).layer()
+    }
+
+    /// A layer that picks each request's breaker by `key_fn`, with the default
+    /// classifier (every `Err` is a failure).
+    pub fn layer<F>(&self, key_fn: F) -> KeyedBreakerLayer<K, F> {
+        KeyedBreakerLayer::new(self.clone(), key_fn)
+    }
+
+    /// Forgets every key not used for `idle`; returns how many. Also done when keys
+    /// are created; call it from a periodic task to stop idle keys' watchdogs sooner.
+    pub fn evict_idle(&self) -> usize {
+        let inner = &*self.inner;
+        let mut sweeps = inner.lock();
+        inner.sweep_idle(&mut sweeps, inner.now())
+    }
+
+    /// The keys' figures: counts over every key, and up to `snapshot_keys` keys
+    /// listed, those not closed first.
+    pub fn snapshot(&self) -> KeyedSnapshot {
+        let inner = &*self.inner;
+        let guard = Guard::new();
+        let (mut rejecting, mut shown, mut closed) = (0, Vec::new(), Vec::new());
+        for (key, entry) in inner.map.iter(&guard) {
+            let state = entry.breaker.state();
+            if state.is_rejecting() {
+                rejecting += 1;
+            }
+            let list = if state == State::Closed {
+                &mut closed
+            } else {
+                &mut shown
+            };
+            if list.len() < inner.snapshot_keys {
+                list.push(KeySnapshot {
+                    key: key_text(key),
+                    breaker: entry.breaker.snapshot(),
+                });
+            }
+        }
+        shown.extend(closed);
+        shown.truncate(inner.snapshot_keys);
+        KeyedSnapshot {
+            name: inner.name.clone(),
+            keys: inner.len.load(Acquire),
+            rejecting,
+            evicted: inner.evicted.load(Relaxed),
+            shown,
+        }
+    }
+
+    /// Runs `f` on `key`'s breaker, made if new. The hot path: a lock-free lookup.
+    #[inline]
+    pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&Breaker) -> R) -> R {
+        let guard = Guard::new();
+        if let Some(entry) = self.inner.map.peek(key, &guard) {
+            entry.touch();
+            return f(&entry.breaker);
+        }
+        drop(guard);
+        let entry = self.inner.create(key);
+        f(&entry.breaker)
+    }
+}
+
+fn key_text<K: fmt::Debug>(key: &K) -> String {
+    let mut text = format!("{key:?}");
+    if text.len() > KEY_TEXT {
+        let mut end = KEY_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+impl<K> Inner<K>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    fn now(&self) -> u64 {
+        nanos(Instant::now().saturating_duration_since(self.start))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sweeps> {
+        // Nothing under this lock leaves the map inconsistent if it panics.
+        self.create.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes `key`'s entry: the slow path, under the create mutex.
+    #[cold]
+    #[inline(never)]
+    fn create(&self, key: &K) -> Arc<Entry> {
+        let mut sweeps = self.lock();
+        // Another caller may have made it meanwhile.
+        if let Some(entry) = self.map.peek_with(key, |_, entry| entry.clone()) {
+            entry.touch();
+            return entry;
+        }
+        let now = self.now();
+        if now.saturating_sub(sweeps.last) >= self.idle / 8 {
+            self.sweep_idle(&mut sweeps, now);
+        }
+        if self.len.load(Acquire) >= self.max_keys && self.sweep_idle(&mut sweeps, now) == 0 {
+            self.evict_oldest(now);
+        }
+        let breaker = Breaker::from_config(self.name.clone(), self.config.clone());
+        let watchdog = self.watchdog.as_ref().and_then(|make| {
+            make(key, &breaker)
+                .map_err(|error| {
+                    tracing::error!(
+                        target: "steadfast::keyed",
+                        breaker = &*self.name,
+                        key = ?key,
+                        %error,
+                        "watchdog not started"
+                    );
+                })
+                .ok()
+        });
+        let entry = Arc::new(Entry {
+            breaker,
+            touched: AtomicBool::new(false),
+            seen: AtomicU64::new(now),
+            watchdog,
+        });
+        if self.map.insert(key.clone(), entry.clone()).is_ok() {
+            self.len.fetch_add(1, AcqRel);
+        }
+        entry
+    }
+
+    /// Removes keys unused for `idle`; under the create mutex.
+    fn sweep_idle(&self, sweeps: &mut Sweeps, now: u64) -> usize {
+        sweeps.last = now;
+        let mut removed = 0;
+        self.map.retain(|_, entry| {
+            let keep = now.saturating_sub(entry.last_used(now)) < self.idle;
+            if !keep {
+                entry.retire();
+                removed += 1;
+            }
+            keep
+        });
+        self.forget(removed);
+        removed
+    }
+
+    /// At the cap with no idle key: removes the least recently used eighth.
+    fn evict_oldest(&self, now: u64) {
+        let guard = Guard::new();
+        let mut ages: Vec<(u64, K)> = self
+            .map
+            .iter(&guard)
+            .map(|(key, entry)| (entry.last_used(now), key.clone()))
+            .collect();
+        drop(guard);
+        let batch = (self.max_keys / 8).clamp(1, ages.len().max(1));
+        if ages.len() > batch {
+            ages.select_nth_unstable_by_key(batch, |(seen, _)| *seen);
+        }
+        let removed = ages
+            .iter()
+            .take(batch)
+            .filter(|(_, key)| {
+                self.map.remove_if(key, |entry| {
+                    entry.retire();
+                    true
+                })
+            })
+            .count();
+        self.forget(removed);
+    }
+
+    fn forget(&self, removed: usize) {
+        if removed > 0 {
+            self.len.fetch_sub(removed, AcqRel);
+            self.evicted.fetch_add(removed as u64, Relaxed);
+        }
+    }
+}
+
+/// What [`Health`](crate::health::Health) needs of a keyed breaker, whatever its key.
+pub(crate) trait KeyedView: Send + Sync {
+    fn snapshot(&self) -> KeyedSnapshot;
+}
+
+impl<K> KeyedView for KeyedBreaker<K>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    fn snapshot(&self) -> KeyedSnapshot {
+        KeyedBreaker::snapshot(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b() -> KeyedBreakerBuilder<u32> {
+        KeyedBreaker::builder(Breaker::builder("t"))
+    }
+
+    #[test]
+    fn invalid_settings_are_config_errors() {
+        let cases = [
+            (b().max_keys(0), "max_keys"),
+            (b().max_keys(MAX_MAX_KEYS + 1), "max_keys"),
+            (b().idle(Duration::ZERO), "idle"),
+            (b().idle(Duration::from_micros(999)), "idle"),
+            (b().idle(Duration::from_secs(86_401)), "idle"),
+            (
+                KeyedBreaker::builder(Breaker::builder("t").failure_rate(2.0)),
+                "failure_rate",
+            ),
+        ];
+        for (builder, field) in cases {
+            let debug = format!("{builder:?}");
+            match builder.build() {
+                Err(e) => assert_eq!(e.field(), field, "{debug}: {e}"),
+                Ok(_) => panic!("accepted: {debug}"),
+            }
+        }
+        assert!(b().max_keys(1).idle(MIN_IDLE).build().is_ok());
+        assert!(b().max_keys(MAX_MAX_KEYS).build().is_ok());
+    }
+
+    #[test]
+    fn key_text_is_cut_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let text = key_text(&long);
+        assert!(text.len() <= KEY_TEXT, "{}", text.len());
+        assert!(text.starts_with("\"é"));
+        assert_eq!(key_text(&7u8), "7");
+    }
+}
