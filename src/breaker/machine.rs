@@ -16,6 +16,7 @@
 //! threads sharing one breaker do not bounce a cache line on every call. A response
 //! future holds an `Arc` of its shard rather than of the shared state for the same reason.
 
+use std::cell::Cell;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -320,6 +321,18 @@ impl Core {
     #[inline]
     pub(crate) fn shard(&self) -> &Arc<Shard> {
         &self.shards[handle(self.shards.len())]
+    }
+
+    /// A counted reference to a shard for one call: the one this thread's last
+    /// finished call gave back (see [`LEASE`]) when it belongs to this breaker, else a
+    /// clone of the thread's shard.
+    #[inline]
+    pub(crate) fn lease(&self) -> Arc<Shard> {
+        match LEASE.try_with(Cell::take) {
+            Ok(Some(held)) if Arc::ptr_eq(&held.shared, &self.shared) => held,
+            // Another breaker's (dropped here), none, or thread-locals torn down.
+            _ => self.shard().clone(),
+        }
     }
 
     /// Closes when the last `Breaker` handle is dropped.
@@ -858,11 +871,32 @@ impl Shared {
 
 // --- the per-call recorder ---------------------------------------------------------------
 
+// `std`'s even under loom: which thread reuses a reference is not part of the model.
+std::thread_local! {
+    /// The shard reference of this thread's last finished call, kept for its next
+    /// call. A response future must keep its breaker alive, and cloning and dropping
+    /// an `Arc` for every call are two atomic read-modify-writes, the largest part of
+    /// a closed-state call; a call that takes the reference its predecessor left here
+    /// does neither. It holds at most one shard per thread, so a dropped breaker's
+    /// shared state (not its watchdogs, which follow the `Breaker` handles) lives on
+    /// until the thread's next call through another breaker, or its exit.
+    static LEASE: Cell<Option<Arc<Shard>>> = const { Cell::new(None) };
+}
+
+/// Keeps `shard` for this thread's next call (see [`LEASE`]).
+#[inline]
+fn give_back(shard: Arc<Shard>) {
+    // A reference it replaces, and `shard` itself while thread-locals are being torn
+    // down, are dropped here.
+    let _ = LEASE.try_with(move |lease| drop(lease.replace(Some(shard))));
+}
+
 /// Carried by a response future from admission to outcome. Dropping a trial's
 /// recorder before [`Recorder::finish`] gives its permit back and counts nothing.
 #[derive(Debug)]
 pub(crate) struct Recorder {
-    shard: Arc<Shard>,
+    /// `None` only once dropped (given back to [`LEASE`]).
+    shard: Option<Arc<Shard>>,
     epoch: u32,
     /// Whether this is a half-open trial with its permit still held.
     trial: bool,
@@ -880,7 +914,7 @@ impl Recorder {
             Admission::Reject { .. } => return None,
         };
         let mut recorder = Self {
-            shard,
+            shard: Some(shard),
             epoch,
             trial,
             start: 0,
@@ -892,8 +926,8 @@ impl Recorder {
     /// Restarts the call's clock (a trial permit is taken before its call starts).
     #[inline]
     pub(crate) fn restart(&mut self) {
-        if self.shard.time_start {
-            self.start = self.shard.shared.now();
+        if let Some(shard) = self.shard.as_deref().filter(|shard| shard.time_start) {
+            self.start = shard.shared.now();
         }
     }
 
@@ -901,10 +935,13 @@ impl Recorder {
     /// it out of the future first costs more than the rest of the work.
     #[inline]
     pub(crate) fn finish(&mut self, outcome: Outcome) {
+        let Some(shard) = self.shard.as_deref() else {
+            return;
+        };
         let trial = std::mem::replace(&mut self.trial, false);
-        let shared = &*self.shard.shared;
-        let end = if self.shard.time_end { shared.now() } else { 0 };
-        let slow = self.shard.time_start
+        let shared = &*shard.shared;
+        let end = if shard.time_end { shared.now() } else { 0 };
+        let slow = shard.time_start
             && outcome != Outcome::Ignored
             && shared
                 .slow_threshold
@@ -925,8 +962,11 @@ impl Recorder {
 impl Drop for Recorder {
     #[inline]
     fn drop(&mut self) {
-        if self.trial {
-            self.shard.shared.release_trial(self.epoch);
+        if let Some(shard) = self.shard.take() {
+            if self.trial {
+                shard.shared.release_trial(self.epoch);
+            }
+            give_back(shard);
         }
     }
 }

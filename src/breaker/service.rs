@@ -296,7 +296,7 @@ where
         }
         let core = &self.breaker.core;
         let recorder = if let Some(epoch) = slot.as_pass() {
-            Recorder::new(core.shard().clone(), Admission::Pass { epoch })
+            Recorder::new(core.lease(), Admission::Pass { epoch })
         } else if slot == Slot::TRIAL {
             self.trial.take().map(|mut recorder| {
                 recorder.restart();
@@ -329,6 +329,6 @@ pub(crate) fn call_through<F, C>(
         core.shared.count_rejected();
         return ResponseFuture::rejected(Open::new(core.shared.name.clone(), retry_after));
     }
-    let recorder = Recorder::new(core.shard().clone(), admission);
+    let recorder = Recorder::new(core.lease(), admission);
     ResponseFuture::called(call(), recorder, classify)
 }
