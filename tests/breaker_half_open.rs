@@ -322,3 +322,60 @@ async fn subscribers_see_every_transition() {
         ]
     );
 }
+
+/// Regression (found by tests/model.rs): the timeout used to be checked against the
+/// *youngest* trial's deadline, so a hung trial was noticed only once every later trial
+/// was overdue too.
+#[tokio::test(start_paused = true)]
+async fn a_hung_trial_counts_as_failed_at_its_own_timeout() {
+    let breaker = builder()
+        .half_open_calls(2)
+        .half_open_timeout(secs(5))
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    call(&mut svc, Req::Err).await;
+    advance(secs(1)).await;
+    let (hung, _gate) = gated_call(&svc).await;
+    advance(ms(4500)).await;
+    // The second trial succeeds; the first still holds its permit.
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok);
+    assert_eq!(breaker.state(), State::HalfOpen);
+    advance(ms(499)).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(None));
+    // 5 s after the first trial started, it has failed: open again for the next delay.
+    advance(ms(1)).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(Some(secs(2))));
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(breaker.snapshot().trips, 2);
+    hung.abort();
+}
+
+/// Regression (found by tests/model.rs): while other trials kept freeing their permits
+/// (ignored or dropped), a hung trial was never timed out and held the breaker in
+/// half-open for good.
+#[tokio::test(start_paused = true)]
+async fn a_hung_trial_times_out_while_other_trials_free_their_permits() {
+    let breaker = builder()
+        .half_open_calls(2)
+        .half_open_timeout(secs(5))
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    call(&mut svc, Req::Err).await;
+    advance(secs(1)).await;
+    let (hung, _gate) = gated_call(&svc).await;
+    for _ in 0..4 {
+        advance(secs(1)).await;
+        // Admitted as the other trial, ignored: its permit is free again.
+        assert_eq!(call(&mut svc, Req::Ignore).await, Seen::Failed);
+        assert_eq!(breaker.state(), State::HalfOpen);
+    }
+    advance(secs(1)).await;
+    assert_eq!(
+        call(&mut svc, Req::Ignore).await,
+        Seen::Rejected(Some(secs(2)))
+    );
+    assert_eq!(breaker.state(), State::Open);
+    hung.abort();
+}
