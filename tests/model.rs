@@ -735,8 +735,8 @@ async fn run(rules: Rules, ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 /// Whether a future is still pending after one poll.
 fn futures_poll_pending(fut: &mut Call) -> bool {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
+    let waker = noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
     fut.as_mut().poll(&mut cx).is_pending()
 }
 
@@ -857,4 +857,13 @@ fn breaker_agrees_with_the_model() {
     ] {
         assert!(n.load(Ordering::Relaxed) > 0, "no case reached {name}");
     }
+}
+
+/// A waker that does nothing (`Waker::noop` is newer than the crate's MSRV).
+fn noop_waker() -> std::task::Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    std::task::Waker::from(std::sync::Arc::new(Noop))
 }

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use steadfast::backoff::{Backoff, Jitter};
@@ -359,7 +359,8 @@ pub fn breaker_builder(data: &[u8]) {
         Err(_) => Outcome::Failure,
     };
     let mut svc = BreakerService::new(inner, breaker.clone()).classify(classify);
-    let mut cx = Context::from_waker(Waker::noop());
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
     for _ in 0..input.u8() {
         match input.u8() % 8 {
             0 => breaker.force_open(),
@@ -518,4 +519,13 @@ pub fn watchdog_builder(data: &[u8]) {
     let what = format!("{b:?}");
     // `pair` checks without needing a runtime; the worker is never run.
     expect_split(&what, b.pair(), &bad);
+}
+
+/// A waker that does nothing (`Waker::noop` is newer than the crate's MSRV).
+fn noop_waker() -> std::task::Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    std::task::Waker::from(std::sync::Arc::new(Noop))
 }
