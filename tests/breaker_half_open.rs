@@ -379,3 +379,27 @@ async fn a_hung_trial_times_out_while_other_trials_free_their_permits() {
     assert_eq!(breaker.state(), State::Open);
     hung.abort();
 }
+
+/// A trial that succeeded is done: its timeout no longer applies, only those of the
+/// trials still running.
+#[tokio::test(start_paused = true)]
+async fn a_trial_that_succeeded_never_times_out() {
+    let breaker = builder()
+        .half_open_calls(2)
+        .half_open_timeout(secs(5))
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    call(&mut svc, Req::Err).await;
+    advance(secs(1)).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok);
+    advance(secs(3)).await;
+    let (running, gate) = gated_call(&svc).await;
+    // Past the first trial's timeout, within the running one's: still half-open.
+    advance(secs(4)).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(None));
+    assert_eq!(breaker.state(), State::HalfOpen);
+    gate.send(true).unwrap();
+    assert_eq!(running.await.unwrap(), Seen::Ok);
+    assert_eq!(breaker.state(), State::Closed);
+}
