@@ -1095,3 +1095,12 @@ fn bad_configuration_is_a_config_error() {
     assert!(RetryLayer::new(RetryPolicy::new().max_attempts(100)).is_ok());
     assert!(Budget::new(0.0, 0, ms(100)).is_ok());
 }
+
+#[test]
+fn only_an_unlimited_budget_says_it_is_unlimited() {
+    assert!(Budget::unlimited().is_unlimited());
+    let budget = Budget::new(0.0, 0, secs(1)).unwrap();
+    assert!(!budget.is_unlimited());
+    assert_eq!(budget.balance(), Some(0.0));
+    assert!(!RetryPolicy::new().get_budget().is_unlimited());
+}
