@@ -403,3 +403,71 @@ async fn a_trial_that_succeeded_never_times_out() {
     assert_eq!(running.await.unwrap(), Seen::Ok);
     assert_eq!(breaker.state(), State::Closed);
 }
+
+/// Trips a `builder()` breaker, starts a trial that hangs past the 5 s timeout, and
+/// brings the breaker to its next half-open: returns the stale trial's task and gate.
+async fn next_half_open_with_a_stale_trial(
+    svc: &mut Svc,
+    breaker: &Breaker,
+) -> (tokio::task::JoinHandle<Seen>, oneshot::Sender<bool>) {
+    call(svc, Req::Err).await;
+    advance(secs(1)).await;
+    let stale = gated_call(svc).await;
+    advance(secs(5)).await;
+    assert_eq!(call(svc, Req::Ok).await, Seen::Rejected(Some(secs(2))));
+    advance(secs(2)).await;
+    assert_eq!(breaker.state(), State::Open);
+    stale
+}
+
+/// A trial of an earlier half-open that ends (dropped) during a later one gives that
+/// one no permit back: the trial limit holds.
+#[tokio::test(start_paused = true)]
+async fn a_stale_trial_dropped_frees_no_permit_of_the_next_half_open() {
+    let breaker = builder()
+        .half_open_calls(1)
+        .half_open_timeout(secs(5))
+        .build()
+        .unwrap();
+    let (mut svc, reached) = guarded(&breaker);
+    let (stale, _stale_gate) = next_half_open_with_a_stale_trial(&mut svc, &breaker).await;
+    let (trial, gate) = gated_call(&svc).await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    stale.abort();
+    assert!(stale.await.unwrap_err().is_cancelled());
+    // The only permit is still the running trial's.
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(None));
+    assert_eq!(reached.load(Ordering::SeqCst), 3);
+    gate.send(true).unwrap();
+    assert_eq!(trial.await.unwrap(), Seen::Ok);
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+/// A trial of an earlier half-open that succeeds late does not count toward closing a
+/// later one: every one of its own trials must succeed.
+#[tokio::test(start_paused = true)]
+async fn a_stale_trial_succeeding_late_counts_for_nothing() {
+    let breaker = builder()
+        .half_open_calls(3)
+        .half_open_timeout(secs(5))
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    // Fill the first half-open's other permits so the stale trial's timeout is seen.
+    call(&mut svc, Req::Err).await;
+    advance(secs(1)).await;
+    let (stale, stale_gate) = gated_call(&svc).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok);
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok);
+    advance(secs(5)).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(Some(secs(2))));
+    advance(secs(2)).await;
+
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok); // trial 1 of 3
+    stale_gate.send(true).unwrap();
+    assert_eq!(stale.await.unwrap(), Seen::Ok); // late, from the first half-open
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok); // trial 2 of 3
+    assert_eq!(breaker.state(), State::HalfOpen);
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok); // trial 3 of 3
+    assert_eq!(breaker.state(), State::Closed);
+}
