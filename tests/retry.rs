@@ -1104,3 +1104,42 @@ fn only_an_unlimited_budget_says_it_is_unlimited() {
     assert_eq!(budget.balance(), Some(0.0));
     assert!(!RetryPolicy::new().get_budget().is_unlimited());
 }
+
+/// More live threads than the budget has stripes of their own: the extra threads share
+/// one stripe, whose deposits must all be filed exactly once too. Regression: two
+/// threads refreshing the shared stripe at once each added their own deposit back
+/// after the other's swap had taken it, counting it twice (more retries than the ratio).
+#[test]
+fn deposits_from_threads_sharing_a_stripe_are_all_counted() {
+    const THREADS: usize = 40;
+    const REQUESTS: usize = 2_000;
+    let budget = Budget::new(0.5, 0, secs(60)).unwrap();
+    let policy = RetryPolicy::new().budget(budget.clone());
+    let layer = RetryLayer::new(policy).unwrap();
+    let barrier = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            let (layer, barrier) = (layer.clone(), &barrier);
+            s.spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                let mut svc = tower::Layer::layer(
+                    &layer,
+                    tower::service_fn(|_: u32| async { Ok::<_, std::convert::Infallible>(()) }),
+                );
+                // Every thread holds its thread slot at once.
+                barrier.wait();
+                rt.block_on(async {
+                    for i in 0..REQUESTS {
+                        call(&mut svc, i as u32).await.unwrap();
+                    }
+                });
+                barrier.wait();
+            });
+        }
+    });
+    // Each request deposited half a retry; nothing was withdrawn or expired.
+    assert_eq!(budget.balance(), Some((THREADS * REQUESTS) as f64 * 0.5));
+}
