@@ -1116,10 +1116,10 @@ fn deposits_from_threads_sharing_a_stripe_are_all_counted() {
     let budget = Budget::new(0.5, 0, secs(60)).unwrap();
     let policy = RetryPolicy::new().budget(budget.clone());
     let layer = RetryLayer::new(policy).unwrap();
-    let barrier = std::sync::Barrier::new(THREADS);
+    let ready = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..THREADS {
-            let (layer, barrier) = (layer.clone(), &barrier);
+            let (layer, ready) = (layer.clone(), &ready);
             s.spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_time()
@@ -1129,14 +1129,20 @@ fn deposits_from_threads_sharing_a_stripe_are_all_counted() {
                     &layer,
                     tower::service_fn(|_: u32| async { Ok::<_, std::convert::Infallible>(()) }),
                 );
-                // Every thread holds its thread slot at once.
-                barrier.wait();
                 rt.block_on(async {
-                    for i in 0..REQUESTS {
+                    // The first deposit takes this thread's slot, held until it ends.
+                    call(&mut svc, 0).await.unwrap();
+                    // Wait until every thread holds one, so the slots are all distinct
+                    // (bounded: a thread that panicked never arrives).
+                    ready.fetch_add(1, SeqCst);
+                    let t0 = std::time::Instant::now();
+                    while ready.load(SeqCst) < THREADS && t0.elapsed() < secs(10) {
+                        std::thread::yield_now();
+                    }
+                    for i in 1..REQUESTS {
                         call(&mut svc, i as u32).await.unwrap();
                     }
                 });
-                barrier.wait();
             });
         }
     });
