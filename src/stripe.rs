@@ -82,9 +82,12 @@ crate::sync::thread_local! {
     static SLOT: ThreadSlot = ThreadSlot::acquire();
 }
 
-/// The machine's parallelism, for sizing stripe arrays (4 if unknown).
+/// The machine's parallelism, for sizing stripe arrays (4 if unknown); asked of the
+/// OS once per process (`available_parallelism` reads cgroup files on Linux, which a
+/// keyed breaker making a breaker per new key would otherwise do per key).
 pub(crate) fn parallelism() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| n.get())
+    static PARALLELISM: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PARALLELISM.get_or_init(|| std::thread::available_parallelism().map_or(4, |n| n.get()))
 }
 
 /// This thread's stripe among `len`: its own (`true`: only this thread writes it)

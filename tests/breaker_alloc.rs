@@ -344,3 +344,45 @@ fn counted_failures_below_the_thresholds_allocate_nothing() {
         assert_eq!(snap.calls, CALLS + 20);
     }
 }
+
+// --- the keyed closed path -----------------------------------------------------------------
+
+#[test]
+fn keyed_known_key_closed_path_allocates_nothing() {
+    use steadfast::keyed::KeyedBreaker;
+
+    const KEYS: u64 = 1_000;
+    const WARM_UP: u64 = 20 * KEYS;
+    let keyed = KeyedBreaker::builder(Breaker::builder("alloc-keyed").consecutive_failures(5))
+        .max_keys(KEYS as usize)
+        .build()
+        .unwrap();
+    let mut svc = keyed
+        .layer(|req: &u64| req % KEYS)
+        .layer(service_fn(echo as Inner));
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    // Every key made (and this thread's epoch state set up) before counting. Making
+    // the keys grew the map, whose old bucket arrays the epoch collector frees a few
+    // guards later: enough warm-up calls for that to be done before counting.
+    for i in 0..WARM_UP {
+        assert_eq!(drive(&mut svc, &mut cx, i).unwrap(), i);
+    }
+
+    let (sum, allocs, frees) = count(|| {
+        let mut sum = 0u64;
+        for i in 0..CALLS {
+            sum += drive(&mut svc, &mut cx, black_box(i)).unwrap();
+        }
+        sum
+    });
+
+    assert_eq!(sum, CALLS * (CALLS - 1) / 2);
+    assert_eq!(allocs, 0, "{allocs} allocations in {CALLS} known-key calls");
+    assert_eq!(frees, 0, "{frees} frees in {CALLS} known-key calls");
+    assert_eq!(keyed.len(), KEYS as usize);
+    let calls: u64 = (0..KEYS)
+        .map(|k| keyed.get(&k).expect("key held").snapshot().calls)
+        .sum();
+    assert_eq!(calls, CALLS + WARM_UP);
+}

@@ -322,3 +322,152 @@ async fn subscribers_see_every_transition() {
         ]
     );
 }
+
+/// Regression (found by tests/model.rs): the timeout used to be checked against the
+/// *youngest* trial's deadline, so a hung trial was noticed only once every later trial
+/// was overdue too.
+#[tokio::test(start_paused = true)]
+async fn a_hung_trial_counts_as_failed_at_its_own_timeout() {
+    let breaker = builder()
+        .half_open_calls(2)
+        .half_open_timeout(secs(5))
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    call(&mut svc, Req::Err).await;
+    advance(secs(1)).await;
+    let (hung, _gate) = gated_call(&svc).await;
+    advance(ms(4500)).await;
+    // The second trial succeeds; the first still holds its permit.
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok);
+    assert_eq!(breaker.state(), State::HalfOpen);
+    advance(ms(499)).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(None));
+    // 5 s after the first trial started, it has failed: open again for the next delay.
+    advance(ms(1)).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(Some(secs(2))));
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(breaker.snapshot().trips, 2);
+    hung.abort();
+}
+
+/// Regression (found by tests/model.rs): while other trials kept freeing their permits
+/// (ignored or dropped), a hung trial was never timed out and held the breaker in
+/// half-open for good.
+#[tokio::test(start_paused = true)]
+async fn a_hung_trial_times_out_while_other_trials_free_their_permits() {
+    let breaker = builder()
+        .half_open_calls(2)
+        .half_open_timeout(secs(5))
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    call(&mut svc, Req::Err).await;
+    advance(secs(1)).await;
+    let (hung, _gate) = gated_call(&svc).await;
+    for _ in 0..4 {
+        advance(secs(1)).await;
+        // Admitted as the other trial, ignored: its permit is free again.
+        assert_eq!(call(&mut svc, Req::Ignore).await, Seen::Failed);
+        assert_eq!(breaker.state(), State::HalfOpen);
+    }
+    advance(secs(1)).await;
+    assert_eq!(
+        call(&mut svc, Req::Ignore).await,
+        Seen::Rejected(Some(secs(2)))
+    );
+    assert_eq!(breaker.state(), State::Open);
+    hung.abort();
+}
+
+/// A trial that succeeded is done: its timeout no longer applies, only those of the
+/// trials still running.
+#[tokio::test(start_paused = true)]
+async fn a_trial_that_succeeded_never_times_out() {
+    let breaker = builder()
+        .half_open_calls(2)
+        .half_open_timeout(secs(5))
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    call(&mut svc, Req::Err).await;
+    advance(secs(1)).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok);
+    advance(secs(3)).await;
+    let (running, gate) = gated_call(&svc).await;
+    // Past the first trial's timeout, within the running one's: still half-open.
+    advance(secs(4)).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(None));
+    assert_eq!(breaker.state(), State::HalfOpen);
+    gate.send(true).unwrap();
+    assert_eq!(running.await.unwrap(), Seen::Ok);
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+/// Trips a `builder()` breaker, starts a trial that hangs past the 5 s timeout, and
+/// brings the breaker to its next half-open: returns the stale trial's task and gate.
+async fn next_half_open_with_a_stale_trial(
+    svc: &mut Svc,
+    breaker: &Breaker,
+) -> (tokio::task::JoinHandle<Seen>, oneshot::Sender<bool>) {
+    call(svc, Req::Err).await;
+    advance(secs(1)).await;
+    let stale = gated_call(svc).await;
+    advance(secs(5)).await;
+    assert_eq!(call(svc, Req::Ok).await, Seen::Rejected(Some(secs(2))));
+    advance(secs(2)).await;
+    assert_eq!(breaker.state(), State::Open);
+    stale
+}
+
+/// A trial of an earlier half-open that ends (dropped) during a later one gives that
+/// one no permit back: the trial limit holds.
+#[tokio::test(start_paused = true)]
+async fn a_stale_trial_dropped_frees_no_permit_of_the_next_half_open() {
+    let breaker = builder()
+        .half_open_calls(1)
+        .half_open_timeout(secs(5))
+        .build()
+        .unwrap();
+    let (mut svc, reached) = guarded(&breaker);
+    let (stale, _stale_gate) = next_half_open_with_a_stale_trial(&mut svc, &breaker).await;
+    let (trial, gate) = gated_call(&svc).await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    stale.abort();
+    assert!(stale.await.unwrap_err().is_cancelled());
+    // The only permit is still the running trial's.
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(None));
+    assert_eq!(reached.load(Ordering::SeqCst), 3);
+    gate.send(true).unwrap();
+    assert_eq!(trial.await.unwrap(), Seen::Ok);
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+/// A trial of an earlier half-open that succeeds late does not count toward closing a
+/// later one: every one of its own trials must succeed.
+#[tokio::test(start_paused = true)]
+async fn a_stale_trial_succeeding_late_counts_for_nothing() {
+    let breaker = builder()
+        .half_open_calls(3)
+        .half_open_timeout(secs(5))
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    // Fill the first half-open's other permits so the stale trial's timeout is seen.
+    call(&mut svc, Req::Err).await;
+    advance(secs(1)).await;
+    let (stale, stale_gate) = gated_call(&svc).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok);
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok);
+    advance(secs(5)).await;
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Rejected(Some(secs(2))));
+    advance(secs(2)).await;
+
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok); // trial 1 of 3
+    stale_gate.send(true).unwrap();
+    assert_eq!(stale.await.unwrap(), Seen::Ok); // late, from the first half-open
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok); // trial 2 of 3
+    assert_eq!(breaker.state(), State::HalfOpen);
+    assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok); // trial 3 of 3
+    assert_eq!(breaker.state(), State::Closed);
+}

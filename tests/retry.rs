@@ -1132,3 +1132,57 @@ fn bad_configuration_is_a_config_error() {
     assert!(RetryLayer::new(RetryPolicy::new().max_attempts(100)).is_ok());
     assert!(Budget::new(0.0, 0, ms(100)).is_ok());
 }
+
+#[test]
+fn only_an_unlimited_budget_says_it_is_unlimited() {
+    assert!(Budget::unlimited().is_unlimited());
+    let budget = Budget::new(0.0, 0, secs(1)).unwrap();
+    assert!(!budget.is_unlimited());
+    assert_eq!(budget.balance(), Some(0.0));
+    assert!(!RetryPolicy::new().get_budget().is_unlimited());
+}
+
+/// More live threads than the budget has stripes of their own: the extra threads share
+/// one stripe, whose deposits must all be filed exactly once too. Regression: two
+/// threads refreshing the shared stripe at once each added their own deposit back
+/// after the other's swap had taken it, counting it twice (more retries than the ratio).
+#[test]
+fn deposits_from_threads_sharing_a_stripe_are_all_counted() {
+    const THREADS: usize = 40;
+    const REQUESTS: usize = 2_000;
+    let budget = Budget::new(0.5, 0, secs(60)).unwrap();
+    let policy = RetryPolicy::new().budget(budget.clone());
+    let layer = RetryLayer::new(policy).unwrap();
+    let ready = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            let (layer, ready) = (layer.clone(), &ready);
+            s.spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                let mut svc = tower::Layer::layer(
+                    &layer,
+                    tower::service_fn(|_: u32| async { Ok::<_, std::convert::Infallible>(()) }),
+                );
+                rt.block_on(async {
+                    // The first deposit takes this thread's slot, held until it ends.
+                    call(&mut svc, 0).await.unwrap();
+                    // Wait until every thread holds one, so the slots are all distinct
+                    // (bounded: a thread that panicked never arrives).
+                    ready.fetch_add(1, SeqCst);
+                    let t0 = std::time::Instant::now();
+                    while ready.load(SeqCst) < THREADS && t0.elapsed() < secs(10) {
+                        std::thread::yield_now();
+                    }
+                    for i in 1..REQUESTS {
+                        call(&mut svc, i as u32).await.unwrap();
+                    }
+                });
+            });
+        }
+    });
+    // Each request deposited half a retry; nothing was withdrawn or expired.
+    assert_eq!(budget.balance(), Some((THREADS * REQUESTS) as f64 * 0.5));
+}

@@ -252,7 +252,7 @@ impl BreakerBuilder {
     }
 
     /// A trial call not done after `timeout` counts as a failed trial (default 10 s):
-    /// the next call that finds no free trial reopens the breaker, so a hung trial can
+    /// the next call in half-open after that reopens the breaker, so a hung trial can
     /// never wedge it in half-open. The trial call itself is left to run.
     pub fn half_open_timeout(mut self, timeout: Duration) -> Self {
         self.half_open_timeout = timeout;

@@ -17,6 +17,7 @@
 //! future holds an `Arc` of its shard rather than of the shared state for the same reason.
 
 use std::cell::Cell;
+use std::num::NonZeroU32;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -109,7 +110,7 @@ pub(crate) enum Admission {
     /// Closed (or forced closed): the call goes through and is counted.
     Pass { epoch: u32 },
     /// Half-open: the call goes through as one of the trials.
-    Trial { epoch: u32 },
+    Trial { epoch: u32, id: NonZeroU32 },
     /// Open: rejected, with a hint of when to try again.
     Reject { retry_after: Option<Duration> },
 }
@@ -197,9 +198,21 @@ enum Window {
     Time(TimeWindow),
 }
 
-/// State touched only by transitions, under the mutex.
+/// State touched only by transitions and half-open trials, under the mutex.
 struct Slow {
     open_delays: backoff::Iter,
+    /// The trials of the current half-open that are still running (at most
+    /// `half_open_calls`; the capacity is reserved up front).
+    trials: Vec<Trial>,
+    next_trial: u32,
+}
+
+/// A half-open trial still running, and when it counts as failed.
+#[derive(Debug, Clone, Copy)]
+struct Trial {
+    id: NonZeroU32,
+    epoch: u32,
+    deadline: u64,
 }
 
 pub(crate) struct Shared {
@@ -208,7 +221,8 @@ pub(crate) struct Shared {
     consecutive: AtomicU64,
     /// Nanoseconds since `start` at which an open breaker may go half-open.
     open_until: AtomicU64,
-    /// Nanoseconds since `start` after which the youngest trial is overdue.
+    /// Nanoseconds since `start` at which the oldest running trial is overdue;
+    /// `u64::MAX` when none is running.
     trial_deadline: AtomicU64,
     window: Option<Window>,
     config: Config,
@@ -281,7 +295,7 @@ impl Core {
             state: AtomicU64::new(initial.0),
             consecutive: AtomicU64::new(streak(0, 0)),
             open_until: AtomicU64::new(open_until),
-            trial_deadline: AtomicU64::new(0),
+            trial_deadline: AtomicU64::new(u64::MAX),
             window,
             time_end,
             slow_threshold,
@@ -295,7 +309,11 @@ impl Core {
             probing: AtomicBool::new(false),
             watchdog_eta: AtomicU64::new(0),
             escalated: AtomicUsize::new(0),
-            slow_path: Mutex::new(Slow { open_delays }),
+            slow_path: Mutex::new(Slow {
+                open_delays,
+                trials: Vec::with_capacity(config.half_open_calls as usize),
+                next_trial: 0,
+            }),
             watch: watch::channel(initial.state()).0,
             changed: Arc::new(Notify::new()),
             config,
@@ -507,31 +525,56 @@ impl Shared {
             if word.kind() != HALF_OPEN {
                 return None;
             }
-            if word.admitted() < limit {
-                // Set the deadline first: a late deadline only delays timeout detection.
-                let deadline = now.saturating_add(nanos(self.config.half_open_timeout));
-                self.trial_deadline.fetch_max(deadline, AcqRel);
-                let next = word.with_admitted(word.admitted() + 1);
-                match self
-                    .state
-                    .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
-                {
-                    Ok(_) => {
-                        return Some(Admission::Trial {
-                            epoch: word.epoch(),
-                        })
-                    }
-                    Err(actual) => word = Word(actual),
-                }
-            } else if word.succeeded() < word.admitted() && now >= self.trial_deadline.load(Acquire)
-            {
-                // Every permit is out and the youngest trial is overdue: it failed.
+            if now >= self.trial_deadline.load(Acquire) {
+                // A trial ran past the half-open timeout: it failed.
                 self.reopen(word.epoch(), HALF_OPEN, Reason::TrialTimedOut);
                 return None;
-            } else {
+            }
+            if word.admitted() >= limit {
                 return Some(Admission::Reject { retry_after: None });
             }
+            let next = word.with_admitted(word.admitted() + 1);
+            match self
+                .state
+                .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
+            {
+                Ok(_) => {
+                    let mut slow = self.lock();
+                    let id = self.start_trial(&mut slow, word.epoch(), now);
+                    return Some(Admission::Trial {
+                        epoch: word.epoch(),
+                        id,
+                    });
+                }
+                Err(actual) => word = Word(actual),
+            }
         }
+    }
+
+    /// Files a trial admitted at `now` in `epoch`, with its deadline, if that
+    /// half-open is still current.
+    fn start_trial(&self, slow: &mut Slow, epoch: u32, now: u64) -> NonZeroU32 {
+        slow.next_trial = slow.next_trial.wrapping_add(1);
+        let id = NonZeroU32::new(slow.next_trial).unwrap_or(NonZeroU32::MIN);
+        let word = self.word();
+        if word.epoch() == epoch && word.kind() == HALF_OPEN {
+            let deadline = now.saturating_add(nanos(self.config.half_open_timeout));
+            slow.trials.push(Trial {
+                id,
+                epoch,
+                deadline,
+            });
+            self.trial_deadline.fetch_min(deadline, AcqRel);
+        }
+        id
+    }
+
+    /// A trial ended (succeeded, dropped or ignored): it can no longer time out.
+    fn end_trial(&self, slow: &mut Slow, epoch: u32, id: NonZeroU32) {
+        slow.trials.retain(|t| (t.id, t.epoch) != (id, epoch));
+        let oldest = slow.trials.iter().map(|t| t.deadline).min();
+        self.trial_deadline
+            .store(oldest.unwrap_or(u64::MAX), Release);
     }
 
     // --- outcomes ----------------------------------------------------------------------
@@ -622,7 +665,7 @@ impl Shared {
     }
 
     /// A trial succeeded: count it, and close once all have.
-    fn trial_succeeded(&self, epoch: u32) {
+    fn trial_succeeded(&self, epoch: u32, id: NonZeroU32) {
         let mut word = self.word();
         loop {
             if word.epoch() != epoch || word.kind() != HALF_OPEN {
@@ -637,8 +680,9 @@ impl Shared {
                 Err(actual) => word = Word(actual),
             }
         }
+        let mut slow = self.lock();
+        self.end_trial(&mut slow, epoch, id);
         if word.succeeded() + 1 >= self.config.half_open_calls {
-            let mut slow = self.lock();
             let word = self.word();
             if word.epoch() == epoch
                 && word.kind() == HALF_OPEN
@@ -650,7 +694,7 @@ impl Shared {
     }
 
     /// A trial was dropped or ignored: give its permit back, counting nothing.
-    fn release_trial(&self, epoch: u32) {
+    fn release_trial(&self, epoch: u32, id: NonZeroU32) {
         let mut word = self.word();
         loop {
             if word.epoch() != epoch || word.kind() != HALF_OPEN || word.admitted() == 0 {
@@ -661,7 +705,10 @@ impl Shared {
                 .state
                 .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
             {
-                Ok(_) => return,
+                Ok(_) => {
+                    let mut slow = self.lock();
+                    return self.end_trial(&mut slow, epoch, id);
+                }
                 Err(actual) => word = Word(actual),
             }
         }
@@ -712,16 +759,17 @@ impl Shared {
 
     /// Open -> half-open after the open delay; the caller gets the first trial.
     fn to_half_open(&self, word: Word, now: u64) -> Option<Admission> {
-        let _slow = self.lock();
+        let mut slow = self.lock();
         if self.word() != word {
             return None;
         }
         let epoch = word.epoch().wrapping_add(1);
-        let deadline = now.saturating_add(nanos(self.config.half_open_timeout));
-        self.trial_deadline.store(deadline, Release);
+        slow.trials.clear();
+        self.trial_deadline.store(u64::MAX, Release);
         self.install(word, Word::new(HALF_OPEN, epoch).with_admitted(1));
+        let id = self.start_trial(&mut slow, epoch, now);
         self.announce(State::Open, State::HalfOpen, Reason::OpenElapsed);
-        Some(Admission::Trial { epoch })
+        Some(Admission::Trial { epoch, id })
     }
 
     /// Moves to a closed kind with fresh rules and a fresh open backoff.
@@ -898,8 +946,8 @@ pub(crate) struct Recorder {
     /// `None` only once dropped (given back to [`LEASE`]).
     shard: Option<Arc<Shard>>,
     epoch: u32,
-    /// Whether this is a half-open trial with its permit still held.
-    trial: bool,
+    /// The id of a half-open trial whose permit is still held.
+    trial: Option<NonZeroU32>,
     /// When the call started, in nanoseconds since the breaker's start; only with a
     /// slow-call rule.
     start: u64,
@@ -909,8 +957,8 @@ impl Recorder {
     #[inline]
     pub(crate) fn new(shard: Arc<Shard>, admission: Admission) -> Option<Self> {
         let (epoch, trial) = match admission {
-            Admission::Pass { epoch } => (epoch, false),
-            Admission::Trial { epoch } => (epoch, true),
+            Admission::Pass { epoch } => (epoch, None),
+            Admission::Trial { epoch, id } => (epoch, Some(id)),
             Admission::Reject { .. } => return None,
         };
         let mut recorder = Self {
@@ -938,7 +986,7 @@ impl Recorder {
         let Some(shard) = self.shard.as_deref() else {
             return;
         };
-        let trial = std::mem::replace(&mut self.trial, false);
+        let trial = self.trial.take();
         let shared = &*shard.shared;
         let end = if shard.time_end { shared.now() } else { 0 };
         let slow = shard.time_start
@@ -947,10 +995,10 @@ impl Recorder {
                 .slow_threshold
                 .is_some_and(|t| end.saturating_sub(self.start) > nanos(t));
         shared.count(outcome, slow);
-        if trial {
+        if let Some(id) = trial {
             match outcome {
-                Outcome::Success if !slow => shared.trial_succeeded(self.epoch),
-                Outcome::Ignored => shared.release_trial(self.epoch),
+                Outcome::Success if !slow => shared.trial_succeeded(self.epoch, id),
+                Outcome::Ignored => shared.release_trial(self.epoch, id),
                 _ => shared.reopen(self.epoch, HALF_OPEN, Reason::TrialFailed),
             }
         } else {
@@ -963,8 +1011,8 @@ impl Drop for Recorder {
     #[inline]
     fn drop(&mut self) {
         if let Some(shard) = self.shard.take() {
-            if self.trial {
-                shard.shared.release_trial(self.epoch);
+            if let Some(id) = self.trial {
+                shard.shared.release_trial(self.epoch, id);
             }
             give_back(shard);
         }

@@ -194,30 +194,25 @@ impl Inner {
         }
     }
 
-    /// Files `pending` deposits under the stripe's last tick and reads the clock. The
-    /// deposit being made is left pending under the new tick.
+    /// Files `pending` deposits under the stripe's last tick and reads the clock. On an
+    /// owned stripe the deposit being made is left pending under the new tick.
     #[cold]
     fn refresh(&self, stripe: &Stripe, pending: u64, owned: bool) {
         let old = stripe.tick.load(Relaxed);
         let tick = self.tick();
         stripe.tick.store(tick, Relaxed);
         if owned {
+            // `pending` was read before counting the deposit being made.
             stripe.pending.store(1, Relaxed);
-        } else {
-            stripe.pending.fetch_add(1, Relaxed);
         }
-        // An owned stripe read `pending` before counting the deposit being made; the
-        // shared one counted it, and it is pending again under the new tick.
-        let filed = if owned {
-            pending
-        } else {
-            pending.saturating_sub(1)
-        };
-        if filed > 0 {
+        // A shared stripe's `pending` is what its swap took: every deposit counted
+        // before the swap, by any thread, filed exactly once. Adding the caller's own
+        // back would count it twice whenever another thread's swap had taken it.
+        if pending > 0 {
             add_stamped(
                 &stripe.deposits[(old % BUCKETS) as usize],
                 old,
-                filed,
+                pending,
                 owned,
             );
         }
