@@ -7,6 +7,10 @@
 //! fixed array of stripes covers every thread of a typical runtime; threads beyond it
 //! share one last stripe updated with `fetch_add`.
 
+use std::cell::Cell;
+use std::sync::Arc;
+
+use crate::breaker::machine::Shard;
 use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Adds one to a counter; `owned` when only this thread ever writes it.
@@ -78,8 +82,40 @@ impl Drop for ThreadSlot {
     }
 }
 
+/// What each thread keeps: its slot, and the breaker shard its last finished call
+/// left for its next one (see [`Local::lease`]).
+pub(crate) struct Local {
+    slot: ThreadSlot,
+    /// A breaker call must keep its breaker alive until its outcome is counted, and
+    /// cloning and dropping an `Arc` for each call are two atomic read-modify-writes,
+    /// more than the rest of a closed-state call. A finished call leaves its shard
+    /// here and the thread's next call through the same breaker takes it back, doing
+    /// neither. It holds one shard per thread, so a dropped breaker's shared state (not
+    /// its watchdogs, which follow the `Breaker` handles) lives on until the thread's
+    /// next call through another breaker, or its exit.
+    pub(crate) lease: Cell<Option<Arc<Shard>>>,
+}
+
+impl Local {
+    /// This thread's slot.
+    #[inline(always)]
+    pub(crate) fn slot(&self) -> usize {
+        self.slot.0
+    }
+}
+
 crate::sync::thread_local! {
-    static SLOT: ThreadSlot = ThreadSlot::acquire();
+    static LOCAL: Local = Local {
+        slot: ThreadSlot::acquire(),
+        lease: Cell::new(None),
+    };
+}
+
+/// Runs `f` with this thread's [`Local`]; `None` while thread-locals are being torn
+/// down (`f` is not run then).
+#[inline(always)]
+pub(crate) fn with_local<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
+    LOCAL.try_with(f).ok()
 }
 
 /// The machine's parallelism, for sizing stripe arrays (4 if unknown); asked of the
@@ -94,7 +130,12 @@ pub(crate) fn parallelism() -> usize {
 /// when its slot is below `len - 1`, else the last one, shared (`false`).
 #[inline]
 pub(crate) fn pick(len: usize) -> (usize, bool) {
-    let slot = thread_slot();
+    stripe_of(thread_slot(), len)
+}
+
+/// [`pick`] for the thread holding `slot`.
+#[inline]
+pub(crate) fn stripe_of(slot: usize, len: usize) -> (usize, bool) {
     let last = len - 1;
     if slot < last {
         (slot, true)
@@ -113,7 +154,7 @@ pub(crate) fn handle(len: usize) -> usize {
 /// This thread's slot; `usize::MAX` while thread-locals are being torn down.
 #[inline]
 pub(crate) fn thread_slot() -> usize {
-    SLOT.try_with(|s| s.0).unwrap_or(usize::MAX)
+    with_local(Local::slot).unwrap_or(usize::MAX)
 }
 
 // --- stamped counters ----------------------------------------------------------------------

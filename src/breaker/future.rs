@@ -29,7 +29,7 @@ pin_project! {
         Called {
             #[pin]
             future: F,
-            recorder: Option<Recorder>,
+            recorder: Recorder,
             classify: C,
         },
         Rejected {
@@ -41,7 +41,8 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn called(future: F, recorder: Option<Recorder>, classify: C) -> Self {
+    #[inline(always)]
+    pub(crate) fn called(future: F, recorder: Recorder, classify: C) -> Self {
         Self {
             kind: Kind::Called {
                 future,
@@ -77,10 +78,7 @@ where
                 classify,
             } => {
                 let result = ready!(future.poll(cx));
-                if let Some(r) = recorder {
-                    r.finish(classify.classify(&result));
-                    *recorder = None;
-                }
+                recorder.finish(classify.classify(&result));
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Rejected { error } => Poll::Ready(Err(error

@@ -12,24 +12,26 @@
 //! once (one event, one `watch` update) however many threads see the cause at the same
 //! time. Half-open permits are taken and given back lock-free with compare-exchange.
 //!
-//! Cumulative counters are striped over cache-padded shards picked by thread, so two
-//! threads sharing one breaker do not bounce a cache line on every call. A response
-//! future holds an `Arc` of its shard rather than of the shared state for the same reason.
+//! Each thread that calls a breaker gets a [`Shard`] of it, made on its first call:
+//! the cumulative counters only that thread writes (a plain load and store, and no
+//! cache line shared with another thread) and the counted reference to the shared
+//! state that its response futures carry. A finished call leaves its shard in the
+//! thread's [`Local`] for the next call, so a closed-state call touches no reference
+//! count either.
 
-use std::cell::Cell;
 use std::num::NonZeroU32;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{futures::OwnedNotified, watch, Notify};
 use tokio::time::Instant;
 
 use super::builder::{Config, WindowKind};
-use super::window::{CountWindow, TimeWindow, Totals};
+use super::window::{CachePadded, CountWindow, TimeWindow, Totals};
 use super::State;
 use crate::backoff;
 use crate::config::nanos;
-use crate::stripe::{bump, handle, parallelism, pick};
+use crate::stripe::{bump, parallelism, thread_slot, with_local, Local};
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use crate::sync::{Mutex, MutexGuard};
 use crate::Outcome;
@@ -151,32 +153,93 @@ impl Reason {
 
 // --- counters ----------------------------------------------------------------------------
 
-/// A handle on the shared state, one per thread slot: a response future clones the
-/// handle of its thread, so threads sharing a breaker do not bounce one refcount.
+/// One thread's part of a breaker: the counters of its calls, and the counted
+/// reference to the shared state its response futures carry.
+///
+/// Only the thread holding slot `owner` writes `counters`, with a plain load and
+/// store. A call finished on another thread (a future moved between the workers of a
+/// runtime) counts in the shared overflow stripe instead.
 #[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct Shard {
     pub(crate) shared: Arc<Shared>,
-    /// Copies of `Shared::time_end` and whether a call's start must be timed, kept on
-    /// the line the call just touched to clone this handle.
+    /// The thread slot that owns `counters`; [`NO_OWNER`] for the shard of threads
+    /// beyond the breaker's slots.
+    owner: usize,
+    /// Copies of `Shared::time_end` and whether a call's start must be timed, on the
+    /// line a call touches anyway.
     time_end: bool,
     time_start: bool,
+    counters: Counters,
 }
 
-/// One stripe of the cumulative counters.
-///
-/// Each stripe but the last belongs to one thread slot (see [`thread_slot`]) and is
-/// written only by the thread holding that slot, with a plain load and store instead
-/// of a read-modify-write. The last stripe is shared by threads without a stripe of
-/// their own and uses `fetch_add`.
+/// The owner of the overflow shard: never a thread's slot, nor the `usize::MAX` of a
+/// thread whose thread-locals are gone.
+const NO_OWNER: usize = usize::MAX - 1;
+
+impl Shard {
+    fn new(shared: &Arc<Shared>, owner: usize) -> Self {
+        Self {
+            shared: shared.clone(),
+            owner,
+            time_end: shared.time_end,
+            time_start: shared.slow_threshold.is_some(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The counters a call finished by the thread in `slot` adds to, and whether that
+    /// thread is their only writer.
+    #[inline(always)]
+    fn counters(&self, slot: usize) -> (&Counters, bool) {
+        if self.owner == slot {
+            (&self.counters, true)
+        } else {
+            (&self.shared.overflow, false)
+        }
+    }
+
+    /// Counts an outcome finished by the thread in `slot`.
+    #[inline(always)]
+    fn count(&self, slot: usize, outcome: Outcome, slow: bool) {
+        let (c, owned) = self.counters(slot);
+        bump(c.of(outcome), owned);
+        if slow {
+            bump(&c.slow, owned);
+        }
+    }
+}
+
+/// Cumulative counters: one set per shard, and one shared overflow set.
 #[derive(Debug, Default)]
-#[repr(align(128))]
 struct Counters {
     successes: AtomicU64,
     failures: AtomicU64,
     ignored: AtomicU64,
     slow: AtomicU64,
     rejected: AtomicU64,
+}
+
+impl Counters {
+    /// The counter of `outcome`.
+    #[inline(always)]
+    fn of(&self, outcome: Outcome) -> &AtomicU64 {
+        match outcome {
+            Outcome::Success => &self.successes,
+            Outcome::Failure => &self.failures,
+            Outcome::Ignored => &self.ignored,
+        }
+    }
+
+    fn add_to(&self, c: Counts) -> Counts {
+        Counts {
+            successes: c.successes + self.successes.load(Relaxed),
+            failures: c.failures + self.failures.load(Relaxed),
+            ignored: c.ignored + self.ignored.load(Relaxed),
+            slow: c.slow + self.slow.load(Relaxed),
+            rejected: c.rejected + self.rejected.load(Relaxed),
+        }
+    }
 }
 
 /// Cumulative totals summed over the stripes.
@@ -233,7 +296,9 @@ pub(crate) struct Shared {
     start: Instant,
     pub(crate) name: Arc<str>,
     trips: AtomicU64,
-    counters: Box<[Counters]>,
+    /// Counts of calls finished on a thread that does not own the call's shard, and
+    /// of threads beyond the shards; updated with read-modify-writes.
+    overflow: CachePadded<Counters>,
     /// Watchdogs attached: while any is, an open breaker waits for them to close it
     /// instead of going half-open on its own timer.
     watchdogs: AtomicUsize,
@@ -260,11 +325,14 @@ impl std::fmt::Debug for Shared {
 }
 
 /// Everything a [`Breaker`](super::Breaker) handle owns: the shared state and the
-/// counter shards (which point back at the shared state, never the other way).
+/// shards (which point back at the shared state, never the other way).
 #[derive(Debug)]
 pub(crate) struct Core {
     pub(crate) shared: Arc<Shared>,
-    shards: Box<[Arc<Shard>]>,
+    /// One per thread slot, made on the first call of a thread in that slot.
+    shards: Box<[OnceLock<Arc<Shard>>]>,
+    /// The shard of threads whose slot is beyond `shards`.
+    overflow: Arc<Shard>,
     /// Dropped with the last `Breaker`: watchdogs see their receivers close and end.
     alive: watch::Sender<()>,
 }
@@ -302,9 +370,7 @@ impl Core {
             start,
             name,
             trips: AtomicU64::new(0),
-            counters: (0..=stripes(parallelism))
-                .map(|_| Counters::default())
-                .collect(),
+            overflow: CachePadded::default(),
             watchdogs: AtomicUsize::new(0),
             probing: AtomicBool::new(false),
             watchdog_eta: AtomicU64::new(0),
@@ -318,39 +384,55 @@ impl Core {
             changed: Arc::new(Notify::new()),
             config,
         });
-        let handles = (parallelism * 2).next_power_of_two().min(64);
-        let shards = (0..handles)
-            .map(|_| {
-                Arc::new(Shard {
-                    shared: shared.clone(),
-                    time_end: shared.time_end,
-                    time_start: shared.slow_threshold.is_some(),
-                })
-            })
-            .collect();
         Self {
+            shards: (0..slots(parallelism)).map(|_| OnceLock::new()).collect(),
+            overflow: Arc::new(Shard::new(&shared, NO_OWNER)),
             shared,
-            shards,
             alive: watch::channel(()).0,
         }
     }
 
-    /// The shard for the calling thread.
+    /// The shard of the thread in `slot`, made on first use.
     #[inline]
-    pub(crate) fn shard(&self) -> &Arc<Shard> {
-        &self.shards[handle(self.shards.len())]
+    fn shard_for(&self, slot: usize) -> &Arc<Shard> {
+        match self.shards.get(slot) {
+            Some(cell) => cell.get_or_init(|| Arc::new(Shard::new(&self.shared, slot))),
+            None => &self.overflow,
+        }
     }
 
-    /// A counted reference to a shard for one call: the one this thread's last
-    /// finished call gave back (see [`LEASE`]) when it belongs to this breaker, else a
-    /// clone of the thread's shard.
+    /// The calling thread's shard.
+    pub(crate) fn shard(&self) -> Arc<Shard> {
+        self.shard_for(thread_slot()).clone()
+    }
+
+    /// A counted reference to this thread's shard for one call: the one the thread's
+    /// last finished call left (see [`Local::lease`]) when it belongs to this breaker,
+    /// else a clone. `shared` is `self.shared`, passed from a handle that holds it
+    /// one pointer hop closer.
     #[inline]
-    pub(crate) fn lease(&self) -> Arc<Shard> {
-        match LEASE.try_with(Cell::take) {
-            Ok(Some(held)) if Arc::ptr_eq(&held.shared, &self.shared) => held,
-            // Another breaker's (dropped here), none, or thread-locals torn down.
-            _ => self.shard().clone(),
-        }
+    pub(crate) fn lease(&self, shared: &Arc<Shared>) -> Arc<Shard> {
+        with_local(|local| match local.lease.take() {
+            Some(held) if Arc::ptr_eq(&held.shared, shared) => held,
+            other => self.lease_miss(local, other),
+        })
+        .unwrap_or_else(|| self.overflow.clone())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lease_miss(&self, local: &Local, held: Option<Arc<Shard>>) -> Arc<Shard> {
+        // Another breaker's shard, dropped here; or none yet.
+        drop(held);
+        self.shard_for(local.slot()).clone()
+    }
+
+    /// Counts a rejected call.
+    #[inline]
+    pub(crate) fn count_rejected(&self) {
+        let slot = with_local(Local::slot).unwrap_or(usize::MAX);
+        let (c, owned) = self.shard_for(slot).counters(slot);
+        bump(&c.rejected, owned);
     }
 
     /// Closes when the last `Breaker` handle is dropped.
@@ -359,22 +441,18 @@ impl Core {
     }
 
     pub(crate) fn counts(&self) -> Counts {
-        self.shared
-            .counters
+        self.shards
             .iter()
-            .fold(Counts::default(), |c, s| Counts {
-                successes: c.successes + s.successes.load(Relaxed),
-                failures: c.failures + s.failures.load(Relaxed),
-                ignored: c.ignored + s.ignored.load(Relaxed),
-                slow: c.slow + s.slow.load(Relaxed),
-                rejected: c.rejected + s.rejected.load(Relaxed),
+            .filter_map(OnceLock::get)
+            .fold(self.shared.overflow.add_to(Counts::default()), |c, s| {
+                s.counters.add_to(c)
             })
     }
 }
 
-/// Counter stripes owned by thread slots: enough for every thread of a typical
-/// runtime; threads beyond them share the last stripe.
-fn stripes(parallelism: usize) -> usize {
+/// Thread slots with a shard of their own: enough for every thread of a typical
+/// runtime; threads beyond them share the overflow shard.
+fn slots(parallelism: usize) -> usize {
     (parallelism * 4).clamp(64, 1024)
 }
 
@@ -391,33 +469,6 @@ impl Shared {
     #[inline]
     fn now(&self) -> u64 {
         nanos(Instant::now().saturating_duration_since(self.start))
-    }
-
-    /// This thread's counter stripe, and whether the thread owns it.
-    #[inline]
-    fn stripe(&self) -> (&Counters, bool) {
-        let (i, owned) = pick(self.counters.len());
-        (&self.counters[i], owned)
-    }
-
-    #[inline]
-    fn count(&self, outcome: Outcome, slow: bool) {
-        let (c, owned) = self.stripe();
-        let counter = match outcome {
-            Outcome::Success => &c.successes,
-            Outcome::Failure => &c.failures,
-            Outcome::Ignored => &c.ignored,
-        };
-        bump(counter, owned);
-        if slow {
-            bump(&c.slow, owned);
-        }
-    }
-
-    #[inline]
-    pub(crate) fn count_rejected(&self) {
-        let (c, owned) = self.stripe();
-        bump(&c.rejected, owned);
     }
 
     pub(crate) fn trips(&self) -> u64 {
@@ -579,9 +630,31 @@ impl Shared {
 
     // --- outcomes ----------------------------------------------------------------------
 
-    /// Counts an admitted call's outcome in the rules; may trip the breaker.
-    #[inline]
-    fn record(&self, epoch: u32, outcome: Outcome, slow: bool, end: u64) {
+    /// Counts an admitted call's outcome in the rules (no rule needs its time); may
+    /// trip the breaker. A success is counted inline; the rest out of line.
+    #[inline(always)]
+    fn record(&self, epoch: u32, outcome: Outcome) {
+        match outcome {
+            Outcome::Ignored => {}
+            Outcome::Success => {
+                // Epoch-checked, so it needs no look at the state word.
+                self.clear_failures(epoch);
+                if let Some(Window::Count(w)) = &self.window {
+                    if self.word() == Word::new(CLOSED, epoch) {
+                        // A success cannot trip a rule: no totals come back.
+                        w.record(false, false);
+                    }
+                }
+            }
+            Outcome::Failure => self.record_timed(epoch, outcome, false, 0, usize::MAX),
+        }
+    }
+
+    /// Counts an admitted call's outcome in the rules, given whether it was slow and
+    /// when it ended (with a rule that needs it); may trip the breaker. `slot` is the
+    /// thread's, for a time window's per-thread counts.
+    #[inline(never)]
+    fn record_timed(&self, epoch: u32, outcome: Outcome, slow: bool, end: u64, slot: usize) {
         let word = self.word();
         if outcome == Outcome::Ignored || word.epoch() != epoch || word.kind() != CLOSED {
             return;
@@ -602,7 +675,7 @@ impl Shared {
             Some(Window::Count(w)) => w.record(failed, slow),
             Some(Window::Time(w)) => {
                 // `time_end` is set with a time window, so `end` is the call's end.
-                w.record(failed, slow, w.tick(end))
+                w.record(failed, slow, w.tick(end), slot)
             }
         };
         if let (Some(totals), Some(rules)) = (totals, self.config.rates) {
@@ -919,31 +992,11 @@ impl Shared {
 
 // --- the per-call recorder ---------------------------------------------------------------
 
-// `std`'s even under loom: which thread reuses a reference is not part of the model.
-std::thread_local! {
-    /// The shard reference of this thread's last finished call, kept for its next
-    /// call. A response future must keep its breaker alive, and cloning and dropping
-    /// an `Arc` for every call are two atomic read-modify-writes, the largest part of
-    /// a closed-state call; a call that takes the reference its predecessor left here
-    /// does neither. It holds at most one shard per thread, so a dropped breaker's
-    /// shared state (not its watchdogs, which follow the `Breaker` handles) lives on
-    /// until the thread's next call through another breaker, or its exit.
-    static LEASE: Cell<Option<Arc<Shard>>> = const { Cell::new(None) };
-}
-
-/// Keeps `shard` for this thread's next call (see [`LEASE`]).
-#[inline]
-fn give_back(shard: Arc<Shard>) {
-    // A reference it replaces, and `shard` itself while thread-locals are being torn
-    // down, are dropped here.
-    let _ = LEASE.try_with(move |lease| drop(lease.replace(Some(shard))));
-}
-
 /// Carried by a response future from admission to outcome. Dropping a trial's
 /// recorder before [`Recorder::finish`] gives its permit back and counts nothing.
 #[derive(Debug)]
 pub(crate) struct Recorder {
-    /// `None` only once dropped (given back to [`LEASE`]).
+    /// `None` once finished or given back.
     shard: Option<Arc<Shard>>,
     epoch: u32,
     /// The id of a half-open trial whose permit is still held.
@@ -954,21 +1007,43 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    #[inline]
-    pub(crate) fn new(shard: Arc<Shard>, admission: Admission) -> Option<Self> {
-        let (epoch, trial) = match admission {
-            Admission::Pass { epoch } => (epoch, None),
-            Admission::Trial { epoch, id } => (epoch, Some(id)),
-            Admission::Reject { .. } => return None,
+    /// A call admitted in the closed state of `epoch`.
+    #[inline(always)]
+    pub(crate) fn pass(shard: Arc<Shard>, epoch: u32) -> Self {
+        let start = if shard.time_start {
+            shard.shared.now()
+        } else {
+            0
         };
-        let mut recorder = Self {
+        Self {
             shard: Some(shard),
             epoch,
-            trial,
+            trial: None,
+            start,
+        }
+    }
+
+    /// A recorder that counts nothing.
+    pub(crate) fn idle() -> Self {
+        Self {
+            shard: None,
+            epoch: 0,
+            trial: None,
             start: 0,
-        };
-        recorder.restart();
-        Some(recorder)
+        }
+    }
+
+    /// A recorder for `admission`; `None` for a rejection.
+    pub(crate) fn new(shard: Arc<Shard>, admission: Admission) -> Option<Self> {
+        match admission {
+            Admission::Pass { epoch } => Some(Self::pass(shard, epoch)),
+            Admission::Trial { epoch, id } => {
+                let mut recorder = Self::pass(shard, epoch);
+                recorder.trial = Some(id);
+                Some(recorder)
+            }
+            Admission::Reject { .. } => None,
+        }
     }
 
     /// Restarts the call's clock (a trial permit is taken before its call starts).
@@ -979,42 +1054,132 @@ impl Recorder {
         }
     }
 
-    /// Counts the call's outcome. Done in place (the recorder is dropped after): moving
-    /// it out of the future first costs more than the rest of the work.
+    /// Counts the call's outcome, once. Done in place: moving the recorder out of the
+    /// future first costs more than the rest of the work.
+    ///
+    /// The common case, a closed-state call on the thread that owns its shard, takes
+    /// one thread-local access: count, record in the rules, keep the shard for the
+    /// thread's next call.
     #[inline]
     pub(crate) fn finish(&mut self, outcome: Outcome) {
-        let Some(shard) = self.shard.as_deref() else {
+        let Some(shard) = self.shard.take() else {
             return;
         };
+        if self.trial.is_some() || shard.time_end {
+            return self.finish_timed_or_trial(shard, outcome);
+        }
+        let epoch = self.epoch;
+        let mut held = Some(shard);
+        with_local(|local| {
+            let Some(shard) = held.take() else {
+                return;
+            };
+            if shard.owner == local.slot() {
+                bump(shard.counters.of(outcome), true);
+                shard.shared.record(epoch, outcome);
+                drop(local.lease.replace(Some(shard)));
+            } else {
+                settle(Some(local), shard, outcome, false, |shared, _| {
+                    shared.record_timed(epoch, outcome, false, 0, usize::MAX);
+                });
+            }
+        });
+        if let Some(shard) = held {
+            settle(None, shard, outcome, false, |shared, _| {
+                shared.record_timed(epoch, outcome, false, 0, usize::MAX);
+            });
+        }
+    }
+
+    /// [`finish`](Self::finish) for a half-open trial, or with a rule that needs the
+    /// call's end time.
+    #[inline(never)]
+    fn finish_timed_or_trial(&mut self, shard: Arc<Shard>, outcome: Outcome) {
         let trial = self.trial.take();
-        let shared = &*shard.shared;
-        let end = if shard.time_end { shared.now() } else { 0 };
+        let end = if shard.time_end {
+            shard.shared.now()
+        } else {
+            0
+        };
         let slow = shard.time_start
             && outcome != Outcome::Ignored
-            && shared
+            && shard
+                .shared
                 .slow_threshold
                 .is_some_and(|t| end.saturating_sub(self.start) > nanos(t));
-        shared.count(outcome, slow);
-        if let Some(id) = trial {
-            match outcome {
-                Outcome::Success if !slow => shared.trial_succeeded(self.epoch, id),
-                Outcome::Ignored => shared.release_trial(self.epoch, id),
-                _ => shared.reopen(self.epoch, HALF_OPEN, Reason::TrialFailed),
+        let epoch = self.epoch;
+        let record = |shared: &Shared, slot| match trial {
+            Some(id) => match outcome {
+                Outcome::Success if !slow => shared.trial_succeeded(epoch, id),
+                Outcome::Ignored => shared.release_trial(epoch, id),
+                _ => shared.reopen(epoch, HALF_OPEN, Reason::TrialFailed),
+            },
+            None => shared.record_timed(epoch, outcome, slow, end, slot),
+        };
+        let mut held = Some((shard, record));
+        with_local(|local| {
+            if let Some((shard, record)) = held.take() {
+                settle(Some(local), shard, outcome, slow, record);
             }
-        } else {
-            shared.record(self.epoch, outcome, slow, end);
+        });
+        if let Some((shard, record)) = held {
+            settle(None, shard, outcome, slow, record);
         }
+    }
+}
+
+/// Counts `outcome` with `shard` for the thread of `local` (none: its thread-locals
+/// are gone), runs `record` on the shared state with the thread's slot, and keeps the
+/// shard for the thread's next call if it may.
+#[inline(never)]
+fn settle(
+    local: Option<&Local>,
+    shard: Arc<Shard>,
+    outcome: Outcome,
+    slow: bool,
+    record: impl FnOnce(&Shared, usize),
+) {
+    let slot = local.map_or(usize::MAX, Local::slot);
+    shard.count(slot, outcome, slow);
+    record(&shard.shared, slot);
+    if let Some(local) = local {
+        keep(local, shard);
+    }
+}
+
+/// Keeps `shard` as this thread's lease if its counters are the thread's (or it is
+/// the overflow shard, which the thread would get again); else drops it.
+#[inline]
+fn keep(local: &Local, shard: Arc<Shard>) {
+    if shard.owner == local.slot() || shard.owner == NO_OWNER {
+        // The lease it replaces, if any, is dropped here.
+        drop(local.lease.replace(Some(shard)));
     }
 }
 
 impl Drop for Recorder {
     #[inline]
     fn drop(&mut self) {
-        if let Some(shard) = self.shard.take() {
-            if let Some(id) = self.trial {
-                shard.shared.release_trial(self.epoch, id);
-            }
-            give_back(shard);
+        self.abandon();
+    }
+}
+
+impl Recorder {
+    /// The call was dropped before its outcome: a trial gives its permit back; the
+    /// shard is kept for the thread's next call.
+    #[inline]
+    fn abandon(&mut self) {
+        let Some(shard) = self.shard.take() else {
+            return;
+        };
+        if let Some(id) = self.trial {
+            shard.shared.release_trial(self.epoch, id);
         }
+        let mut shard = Some(shard);
+        with_local(|local| {
+            if let Some(shard) = shard.take() {
+                keep(local, shard);
+            }
+        });
     }
 }

@@ -60,7 +60,7 @@ use tokio::sync::watch;
 mod builder;
 mod event;
 mod layer;
-mod machine;
+pub(crate) mod machine;
 pub(crate) mod service;
 mod window;
 

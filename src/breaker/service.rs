@@ -156,7 +156,7 @@ impl<S, C> BreakerService<S, C> {
         match core.shared.admit() {
             Admission::Pass { epoch } => Slot::pass(epoch),
             admission @ Admission::Trial { .. } => {
-                self.trial = Recorder::new(core.shard().clone(), admission);
+                self.trial = Recorder::new(core.shard(), admission);
                 Slot::TRIAL
             }
             Admission::Reject { retry_after } => {
@@ -257,6 +257,50 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The common case inline: undecided, and closed.
+        if self.slot == Slot::EMPTY {
+            if let Some(epoch) = self.breaker.shared.admit_closed() {
+                self.slot = Slot::pass(epoch);
+                return self.poll_inner(cx);
+            }
+        }
+        self.poll_ready_slow(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let mut slot = std::mem::replace(&mut self.slot, Slot::EMPTY);
+        if slot == Slot::EMPTY {
+            slot = self.decide();
+        }
+        let core = &self.breaker.core;
+        let recorder = if let Some(epoch) = slot.as_pass() {
+            Recorder::pass(core.lease(&self.breaker.shared), epoch)
+        } else if slot == Slot::TRIAL {
+            self.trial
+                .take()
+                .map_or_else(Recorder::idle, |mut recorder| {
+                    recorder.restart();
+                    recorder
+                })
+        } else {
+            core.count_rejected();
+            let open = Open::new(core.shared.name.clone(), self.retry_after.take());
+            return ResponseFuture::rejected(open);
+        };
+        ResponseFuture::called(self.inner.call(req), recorder, self.classify.clone())
+    }
+}
+
+impl<S, C> BreakerService<S, C> {
+    /// `poll_ready` past the common case: a decision to make again, or a breaker
+    /// that is not closed.
+    #[inline(never)]
+    fn poll_ready_slow<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
         let stale = match self.slot {
             Slot::EMPTY => true,
             // A rejection is decided again: the breaker may have closed since (this
@@ -276,38 +320,31 @@ where
                 return answer;
             }
         }
+        self.poll_inner(cx)
+    }
+
+    /// Polls the inner service for a call the breaker lets through.
+    #[inline(always)]
+    fn poll_inner<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => {
-                self.slot = Slot::EMPTY;
-                // Gives a trial permit back.
-                self.trial = None;
-                Poll::Ready(Err(e.into()))
-            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.inner_failed(e))),
         }
     }
 
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        let mut slot = std::mem::replace(&mut self.slot, Slot::EMPTY);
-        if slot == Slot::EMPTY {
-            slot = self.decide();
-        }
-        let core = &self.breaker.core;
-        let recorder = if let Some(epoch) = slot.as_pass() {
-            Recorder::new(core.lease(), Admission::Pass { epoch })
-        } else if slot == Slot::TRIAL {
-            self.trial.take().map(|mut recorder| {
-                recorder.restart();
-                recorder
-            })
-        } else {
-            core.shared.count_rejected();
-            let open = Open::new(core.shared.name.clone(), self.retry_after.take());
-            return ResponseFuture::rejected(open);
-        };
-        ResponseFuture::called(self.inner.call(req), recorder, self.classify.clone())
+    /// The inner service failed in `poll_ready`: the decision is void, and a trial
+    /// permit goes back.
+    #[cold]
+    #[inline(never)]
+    fn inner_failed(&mut self, e: impl Into<BoxError>) -> BoxError {
+        self.slot = Slot::EMPTY;
+        self.trial = None;
+        e.into()
     }
 }
 
@@ -325,10 +362,15 @@ pub(crate) fn call_through<F, C>(
         Some(epoch) => Admission::Pass { epoch },
         None => core.shared.admit(),
     };
-    if let Admission::Reject { retry_after } = admission {
-        core.shared.count_rejected();
-        return ResponseFuture::rejected(Open::new(core.shared.name.clone(), retry_after));
-    }
-    let recorder = Recorder::new(core.lease(), admission);
+    let recorder = match admission {
+        Admission::Pass { epoch } => Recorder::pass(core.lease(&breaker.shared), epoch),
+        Admission::Trial { .. } => {
+            Recorder::new(core.shard(), admission).unwrap_or_else(Recorder::idle)
+        }
+        Admission::Reject { retry_after } => {
+            core.count_rejected();
+            return ResponseFuture::rejected(Open::new(core.shared.name.clone(), retry_after));
+        }
+    };
     ResponseFuture::called(call(), recorder, classify)
 }

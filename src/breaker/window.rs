@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use crate::config::nanos;
-use crate::stripe::{bump_stamped, live_count, parallelism, pick, stamp};
+use crate::stripe::{bump_stamped, live_count, parallelism, stamp, stripe_of};
 use crate::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Calls, failures and slow calls currently in a window.
@@ -165,10 +165,17 @@ impl TimeWindow {
         stamp(elapsed_nanos / self.width)
     }
 
+    /// Records one call that ended at `tick` on the thread in `slot`.
     #[inline]
-    pub(crate) fn record(&self, failed: bool, slow: bool, tick: u64) -> Option<Totals> {
+    pub(crate) fn record(
+        &self,
+        failed: bool,
+        slow: bool,
+        tick: u64,
+        slot: usize,
+    ) -> Option<Totals> {
         let bucket = (tick % BUCKETS) as usize;
-        let (stripe, owned) = pick(self.calls.len());
+        let (stripe, owned) = stripe_of(slot, self.calls.len());
         bump_stamped(&self.calls[stripe][bucket], tick, owned);
         if failed {
             bump_stamped(&self.failures[bucket], tick, false);
@@ -246,14 +253,14 @@ mod tests {
     fn time_window_forgets_old_buckets() {
         let w = TimeWindow::new(Duration::from_secs(10));
         let sec = 1_000_000_000;
-        w.record(true, false, w.tick(0));
-        w.record(false, false, w.tick(5 * sec));
+        w.record(true, false, w.tick(0), 0);
+        w.record(false, false, w.tick(5 * sec), 0);
         assert_eq!(w.totals(w.tick(9 * sec)).failures, 1);
         // At 10 s the bucket of second 0 has left the window.
         let t = w.totals(w.tick(10 * sec));
         assert_eq!((t.calls, t.failures), (1, 0));
         // Recycling a bucket drops its old counts.
-        let t = w.record(true, false, w.tick(20 * sec + 1)).unwrap();
+        let t = w.record(true, false, w.tick(20 * sec + 1), 0).unwrap();
         assert_eq!((t.calls, t.failures), (1, 1));
     }
 
@@ -263,7 +270,7 @@ mod tests {
         for ring in w.calls.iter() {
             ring[0].store(SATURATED, Relaxed);
         }
-        w.record(false, false, 0);
+        w.record(false, false, 0, 0);
         assert_eq!(w.totals(0).calls, SATURATED * w.calls.len() as u64);
     }
 }
