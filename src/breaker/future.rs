@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 
@@ -19,23 +20,24 @@ pin_project! {
     /// permit back.
     pub struct ResponseFuture<F, C> {
         #[pin]
-        kind: Kind<F, C>,
+        kind: Kind<F>,
+        // Outside `kind`, so that dropping a finished future only checks that its
+        // recorder is spent; a rejection's recorder holds the breaker's shard, for
+        // its name.
+        recorder: Recorder,
+        classify: C,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, C> {
+    enum Kind<F> {
         Called {
             #[pin]
             future: F,
-            recorder: Recorder,
-            classify: C,
         },
         Rejected {
-            // Boxed once at `call`, where it would be boxed on return anyway; `None`
-            // once returned.
-            error: Option<BoxError>,
+            retry_after: Option<Duration>,
         },
     }
 }
@@ -44,19 +46,18 @@ impl<F, C> ResponseFuture<F, C> {
     #[inline(always)]
     pub(crate) fn called(future: F, recorder: Recorder, classify: C) -> Self {
         Self {
-            kind: Kind::Called {
-                future,
-                recorder,
-                classify,
-            },
+            kind: Kind::Called { future },
+            recorder,
+            classify,
         }
     }
 
-    pub(crate) fn rejected(error: Open) -> Self {
+    /// A rejection; `recorder` (see [`Recorder::rejected`]) names the breaker.
+    pub(crate) fn rejected(recorder: Recorder, retry_after: Option<Duration>, classify: C) -> Self {
         Self {
-            kind: Kind::Rejected {
-                error: Some(error.into()),
-            },
+            kind: Kind::Rejected { retry_after },
+            recorder,
+            classify,
         }
     }
 }
@@ -71,19 +72,17 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called {
-                future,
-                recorder,
-                classify,
-            } => {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                recorder.finish(classify.classify(&result));
+                this.recorder.finish(this.classify.classify(&result));
                 Poll::Ready(result.map_err(Into::into))
             }
-            KindProj::Rejected { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| "breaker response future polled after completion".into()))),
+            KindProj::Rejected { retry_after } => Poll::Ready(Err(match this.recorder.reject() {
+                Some(name) => Open::new(name, *retry_after).into(),
+                None => "breaker response future polled after completion".into(),
+            })),
         }
     }
 }
@@ -92,9 +91,9 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Called { .. } => f.write_str("ResponseFuture::Called"),
-            Kind::Rejected { error } => f
-                .debug_tuple("ResponseFuture::Rejected")
-                .field(error)
+            Kind::Rejected { retry_after } => f
+                .debug_struct("ResponseFuture::Rejected")
+                .field("retry_after", retry_after)
                 .finish(),
         }
     }

@@ -1023,6 +1023,27 @@ impl Recorder {
         }
     }
 
+    /// The recorder of a rejected call: counts nothing, and holds the shard only to
+    /// name the breaker (see [`reject`](Self::reject)).
+    #[inline]
+    pub(crate) fn rejected(shard: Arc<Shard>) -> Self {
+        Self {
+            shard: Some(shard),
+            epoch: 0,
+            trial: None,
+            start: 0,
+        }
+    }
+
+    /// The name of a rejected call's breaker, once; the shard is kept for the
+    /// thread's next call.
+    pub(crate) fn reject(&mut self) -> Option<Arc<str>> {
+        let shard = self.shard.as_ref()?;
+        let name = shard.shared.name.clone();
+        self.abandon();
+        Some(name)
+    }
+
     /// A recorder that counts nothing.
     pub(crate) fn idle() -> Self {
         Self {
@@ -1160,14 +1181,17 @@ fn keep(local: &Local, shard: Arc<Shard>) {
 impl Drop for Recorder {
     #[inline]
     fn drop(&mut self) {
-        self.abandon();
+        if self.shard.is_some() {
+            self.abandon();
+        }
     }
 }
 
 impl Recorder {
     /// The call was dropped before its outcome: a trial gives its permit back; the
     /// shard is kept for the thread's next call.
-    #[inline]
+    #[cold]
+    #[inline(never)]
     fn abandon(&mut self) {
         let Some(shard) = self.shard.take() else {
             return;

@@ -9,7 +9,6 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::error::Open;
 use super::future::ResponseFuture;
 use super::machine::{Admission, Recorder, Shared};
 use super::Breaker;
@@ -61,7 +60,7 @@ pin_project! {
 /// `poll_ready` decides whether the next call goes through. While the breaker
 /// rejects, by default ([`Readiness::FailFast`](super::Readiness::FailFast)) it
 /// answers `Ready(Ok(()))` at once *without* polling the inner service, and the next
-/// `call` returns a ready [`Open`] error: a stack waiting for readiness never stalls on
+/// `call` returns a ready [`Open`](super::error::Open) error: a stack waiting for readiness never stalls on
 /// a dead downstream, and `poll_ready` never returns the breaker's own error (tower
 /// treats an error there as the service being gone for good). When the call will go
 /// through, the inner service has been polled ready first. Errors from the inner
@@ -164,6 +163,17 @@ impl<S, C> BreakerService<S, C> {
                 Slot::REJECT
             }
         }
+    }
+
+    /// A call the breaker rejected: counted; the parts of a future that answers with
+    /// [`Open`](super::error::Open) when polled.
+    #[cold]
+    #[inline(never)]
+    fn reject(&mut self) -> (Recorder, Option<Duration>) {
+        let core = &self.breaker.core;
+        core.count_rejected();
+        let recorder = Recorder::rejected(core.lease(&self.breaker.shared));
+        (recorder, self.retry_after.take())
     }
 
     /// `poll_ready` found the breaker rejecting: `Some` to answer now (ready, to fail
@@ -284,9 +294,8 @@ where
                     recorder
                 })
         } else {
-            core.count_rejected();
-            let open = Open::new(core.shared.name.clone(), self.retry_after.take());
-            return ResponseFuture::rejected(open);
+            let (recorder, retry_after) = self.reject();
+            return ResponseFuture::rejected(recorder, retry_after, self.classify.clone());
         };
         ResponseFuture::called(self.inner.call(req), recorder, self.classify.clone())
     }
@@ -369,7 +378,8 @@ pub(crate) fn call_through<F, C>(
         }
         Admission::Reject { retry_after } => {
             core.count_rejected();
-            return ResponseFuture::rejected(Open::new(core.shared.name.clone(), retry_after));
+            let recorder = Recorder::rejected(core.lease(&breaker.shared));
+            return ResponseFuture::rejected(recorder, retry_after, classify);
         }
     };
     ResponseFuture::called(call(), recorder, classify)
