@@ -630,23 +630,31 @@ impl Shared {
 
     // --- outcomes ----------------------------------------------------------------------
 
-    /// Counts an admitted call's outcome in the rules (no rule needs its time); may
-    /// trip the breaker. A success is counted inline; the rest out of line.
+    /// Counts an admitted call's outcome in the rules (no slow-call rule: it is not
+    /// slow), given when it ended (with a time window) and the thread's slot; may trip
+    /// the breaker. A success is counted inline; the rest out of line.
+    /// `TIMED`: the breaker has a time window (and `end` is set).
     #[inline(always)]
-    fn record(&self, epoch: u32, outcome: Outcome) {
+    fn record<const TIMED: bool>(&self, epoch: u32, outcome: Outcome, end: u64, slot: usize) {
         match outcome {
             Outcome::Ignored => {}
             Outcome::Success => {
                 // Epoch-checked, so it needs no look at the state word.
                 self.clear_failures(epoch);
-                if let Some(Window::Count(w)) = &self.window {
+                // A success cannot trip a rule: no totals come back.
+                if TIMED {
+                    if let Some(Window::Time(w)) = &self.window {
+                        if self.word() == Word::new(CLOSED, epoch) {
+                            w.record_success(w.tick(end), slot);
+                        }
+                    }
+                } else if let Some(Window::Count(w)) = &self.window {
                     if self.word() == Word::new(CLOSED, epoch) {
-                        // A success cannot trip a rule: no totals come back.
-                        w.record(false, false);
+                        w.record_success();
                     }
                 }
             }
-            Outcome::Failure => self.record_timed(epoch, outcome, false, 0, usize::MAX),
+            Outcome::Failure => self.record_timed(epoch, outcome, false, end, slot),
         }
     }
 
@@ -1087,28 +1095,9 @@ impl Recorder {
             return;
         };
         if self.trial.is_some() || shard.time_end {
-            return self.finish_timed_or_trial(shard, outcome);
-        }
-        let epoch = self.epoch;
-        let mut held = Some(shard);
-        with_local(|local| {
-            let Some(shard) = held.take() else {
-                return;
-            };
-            if shard.owner == local.slot() {
-                bump(shard.counters.of(outcome), true);
-                shard.shared.record(epoch, outcome);
-                drop(local.lease.replace(Some(shard)));
-            } else {
-                settle(Some(local), shard, outcome, false, |shared, _| {
-                    shared.record_timed(epoch, outcome, false, 0, usize::MAX);
-                });
-            }
-        });
-        if let Some(shard) = held {
-            settle(None, shard, outcome, false, |shared, _| {
-                shared.record_timed(epoch, outcome, false, 0, usize::MAX);
-            });
+            self.finish_timed_or_trial(shard, outcome);
+        } else {
+            finish_here::<false>(shard, self.epoch, outcome, 0);
         }
     }
 
@@ -1116,6 +1105,11 @@ impl Recorder {
     /// call's end time.
     #[inline(never)]
     fn finish_timed_or_trial(&mut self, shard: Arc<Shard>, outcome: Outcome) {
+        if self.trial.is_none() && !shard.time_start {
+            // A time window alone: the closed path, with the call's end.
+            let end = shard.shared.now();
+            return finish_here::<true>(shard, self.epoch, outcome, end);
+        }
         let trial = self.trial.take();
         let end = if shard.time_end {
             shard.shared.now()
@@ -1146,6 +1140,35 @@ impl Recorder {
         if let Some((shard, record)) = held {
             settle(None, shard, outcome, slow, record);
         }
+    }
+}
+
+/// [`Recorder::finish`] for a closed-state call that ended at `end`; `TIMED`: with a
+/// time window (else `end` is 0). The common case, on the thread that owns the shard, takes one
+/// thread-local access: count, record in the rules, keep the shard for the thread's
+/// next call.
+#[inline(always)]
+fn finish_here<const TIMED: bool>(shard: Arc<Shard>, epoch: u32, outcome: Outcome, end: u64) {
+    let mut held = Some(shard);
+    with_local(|local| {
+        let Some(shard) = held.take() else {
+            return;
+        };
+        let slot = local.slot();
+        if shard.owner == slot {
+            bump(shard.counters.of(outcome), true);
+            shard.shared.record::<TIMED>(epoch, outcome, end, slot);
+            drop(local.lease.replace(Some(shard)));
+        } else {
+            settle(Some(local), shard, outcome, false, |shared, slot| {
+                shared.record_timed(epoch, outcome, false, end, slot);
+            });
+        }
+    });
+    if let Some(shard) = held {
+        settle(None, shard, outcome, false, |shared, slot| {
+            shared.record_timed(epoch, outcome, false, end, slot);
+        });
     }
 }
 

@@ -97,6 +97,23 @@ impl CountWindow {
         (failed || slow).then(|| self.latest_totals())
     }
 
+    /// Records one successful call (not slow).
+    ///
+    /// A full window with no failure in it holds only successes, and one more changes
+    /// nothing in it: the call takes no position. So while no failure is about, calls
+    /// from every thread only read the window, and no cache line moves between
+    /// threads. Racing a failure, such a success counts as the older of the two.
+    #[inline(always)]
+    pub(crate) fn record_success(&self) {
+        if self.slow_bits.is_none()
+            && self.failures.load(Relaxed) == 0
+            && self.pos.load(Relaxed) >= self.size
+        {
+            return;
+        }
+        self.record(false, false);
+    }
+
     /// [`totals`](Self::totals) read with read-modify-writes, which see the latest
     /// values where a load may see older ones. A failure whose bit replaced an older
     /// failure's adds nothing to `failures`, and a load could then miss the other
@@ -163,6 +180,14 @@ impl TimeWindow {
     #[inline]
     pub(crate) fn tick(&self, elapsed_nanos: u64) -> u64 {
         stamp(elapsed_nanos / self.width)
+    }
+
+    /// Records one successful call (not slow) that ended at `tick` on the thread in
+    /// `slot`: the only write is to that thread's own ring.
+    #[inline(always)]
+    pub(crate) fn record_success(&self, tick: u64, slot: usize) {
+        let (stripe, owned) = stripe_of(slot, self.calls.len());
+        bump_stamped(&self.calls[stripe][(tick % BUCKETS) as usize], tick, owned);
     }
 
     /// Records one call that ended at `tick` on the thread in `slot`.
@@ -232,6 +257,41 @@ mod tests {
             w.record(false, false);
         }
         assert_eq!(w.totals().failures, 0);
+    }
+
+    #[test]
+    fn successes_into_a_full_clean_window_take_no_position_and_still_slide() {
+        let w = CountWindow::new(10, false);
+        // Filling up: every success counts toward `calls`.
+        for i in 1..=10 {
+            w.record_success();
+            assert_eq!(w.totals().calls, i.min(10));
+        }
+        for _ in 0..1000 {
+            w.record_success();
+        }
+        assert_eq!(
+            w.pos.load(Relaxed),
+            10,
+            "a clean full window takes no position"
+        );
+        let t = w.record(true, false).unwrap();
+        assert_eq!((t.calls, t.failures), (10, 1));
+        // With a failure inside, successes take positions again: the failure leaves
+        // after exactly ten more calls, not one sooner.
+        for _ in 0..9 {
+            w.record_success();
+            assert_eq!(w.totals().failures, 1);
+        }
+        w.record_success();
+        assert_eq!(w.totals().failures, 0);
+        let pos = w.pos.load(Relaxed);
+        w.record_success();
+        assert_eq!(w.pos.load(Relaxed), pos);
+        // After a reset the window fills up again from empty.
+        w.reset();
+        w.record_success();
+        assert_eq!(w.totals().calls, 1);
     }
 
     #[test]
