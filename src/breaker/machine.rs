@@ -1149,26 +1149,31 @@ impl Recorder {
 /// next call.
 #[inline(always)]
 fn finish_here<const TIMED: bool>(shard: Arc<Shard>, epoch: u32, outcome: Outcome, end: u64) {
-    let mut held = Some(shard);
-    with_local(|local| {
-        let Some(shard) = held.take() else {
-            return;
-        };
-        let slot = local.slot();
-        if shard.owner == slot {
+    match with_local(Local::slot) {
+        Some(slot) if shard.owner == slot => {
             bump(shard.counters.of(outcome), true);
             shard.shared.record::<TIMED>(epoch, outcome, end, slot);
-            drop(local.lease.replace(Some(shard)));
-        } else {
-            settle(Some(local), shard, outcome, false, |shared, slot| {
-                shared.record_timed(epoch, outcome, false, end, slot);
-            });
+            // Dropped instead if the thread-locals went meanwhile.
+            with_local(move |local| drop(local.lease.replace(Some(shard))));
+        }
+        _ => finish_elsewhere(shard, epoch, outcome, end),
+    }
+}
+
+/// [`finish_here`] for a call finished on a thread that does not own its shard, or
+/// whose thread-locals are gone.
+#[cold]
+#[inline(never)]
+fn finish_elsewhere(shard: Arc<Shard>, epoch: u32, outcome: Outcome, end: u64) {
+    let record = |shared: &Shared, slot| shared.record_timed(epoch, outcome, false, end, slot);
+    let mut held = Some(shard);
+    with_local(|local| {
+        if let Some(shard) = held.take() {
+            settle(Some(local), shard, outcome, false, record);
         }
     });
     if let Some(shard) = held {
-        settle(None, shard, outcome, false, |shared, slot| {
-            shared.record_timed(epoch, outcome, false, end, slot);
-        });
+        settle(None, shard, outcome, false, record);
     }
 }
 
