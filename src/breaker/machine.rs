@@ -605,7 +605,9 @@ impl Shared {
     /// Files a trial admitted at `now` in `epoch`, with its deadline, if that
     /// half-open is still current.
     fn start_trial(&self, slow: &mut Slow, epoch: u32, now: u64) -> NonZeroU32 {
-        slow.next_trial = slow.next_trial.wrapping_add(1);
+        // Ids fit in 31 bits (see `Recorder::tag`), and only need to tell apart the
+        // few trials running at once.
+        slow.next_trial = slow.next_trial % TRIAL_MASK + 1;
         let id = NonZeroU32::new(slow.next_trial).unwrap_or(NonZeroU32::MIN);
         let word = self.word();
         if word.epoch() == epoch && word.kind() == HALF_OPEN {
@@ -1006,13 +1008,19 @@ impl Shared {
 pub(crate) struct Recorder {
     /// `None` once finished or given back.
     shard: Option<Arc<Shard>>,
-    epoch: u32,
-    /// The id of a half-open trial whose permit is still held.
-    trial: Option<NonZeroU32>,
+    /// The epoch the call was admitted in (low 32 bits), the id of a half-open trial
+    /// whose permit is still held (the next 31, zero for none), and [`TIMED`]: one
+    /// word, so that finishing a plain closed-state call checks one value.
+    tag: u64,
     /// When the call started, in nanoseconds since the breaker's start; only with a
     /// slow-call rule.
     start: u64,
 }
+
+/// Trial ids fit in this mask (31 bits).
+const TRIAL_MASK: u32 = (1 << 31) - 1;
+/// In [`Recorder::tag`]: a rule needs the call's time.
+const TIMED: u64 = 1 << 63;
 
 impl Recorder {
     /// A call admitted in the closed state of `epoch`.
@@ -1023,12 +1031,28 @@ impl Recorder {
         } else {
             0
         };
+        let timed = if shard.time_end { TIMED } else { 0 };
         Self {
             shard: Some(shard),
-            epoch,
-            trial: None,
+            tag: u64::from(epoch) | timed,
             start,
         }
+    }
+
+    fn epoch(&self) -> u32 {
+        self.tag as u32
+    }
+
+    /// The trial whose permit this recorder holds.
+    fn trial(&self) -> Option<NonZeroU32> {
+        NonZeroU32::new((self.tag >> 32) as u32 & TRIAL_MASK)
+    }
+
+    /// Takes the trial: its permit is handled from here on.
+    fn take_trial(&mut self) -> Option<NonZeroU32> {
+        let trial = self.trial();
+        self.tag &= !(u64::from(TRIAL_MASK) << 32);
+        trial
     }
 
     /// The recorder of a rejected call: counts nothing, and holds the shard only to
@@ -1037,8 +1061,7 @@ impl Recorder {
     pub(crate) fn rejected(shard: Arc<Shard>) -> Self {
         Self {
             shard: Some(shard),
-            epoch: 0,
-            trial: None,
+            tag: 0,
             start: 0,
         }
     }
@@ -1056,8 +1079,7 @@ impl Recorder {
     pub(crate) fn idle() -> Self {
         Self {
             shard: None,
-            epoch: 0,
-            trial: None,
+            tag: 0,
             start: 0,
         }
     }
@@ -1068,7 +1090,7 @@ impl Recorder {
             Admission::Pass { epoch } => Some(Self::pass(shard, epoch)),
             Admission::Trial { epoch, id } => {
                 let mut recorder = Self::pass(shard, epoch);
-                recorder.trial = Some(id);
+                recorder.tag |= u64::from(id.get() & TRIAL_MASK) << 32;
                 Some(recorder)
             }
             Admission::Reject { .. } => None,
@@ -1094,10 +1116,11 @@ impl Recorder {
         let Some(shard) = self.shard.take() else {
             return;
         };
-        if self.trial.is_some() || shard.time_end {
+        if self.tag >> 32 != 0 {
+            // A trial, or a rule that needs the call's time.
             self.finish_timed_or_trial(shard, outcome);
         } else {
-            finish_here::<false>(shard, self.epoch, outcome, 0);
+            finish_here::<false>(shard, self.epoch(), outcome, 0);
         }
     }
 
@@ -1105,12 +1128,12 @@ impl Recorder {
     /// call's end time.
     #[inline(never)]
     fn finish_timed_or_trial(&mut self, shard: Arc<Shard>, outcome: Outcome) {
-        if self.trial.is_none() && !shard.time_start {
+        if self.trial().is_none() && !shard.time_start {
             // A time window alone: the closed path, with the call's end.
             let end = shard.shared.now();
-            return finish_here::<true>(shard, self.epoch, outcome, end);
+            return finish_here::<true>(shard, self.epoch(), outcome, end);
         }
-        let trial = self.trial.take();
+        let trial = self.take_trial();
         let end = if shard.time_end {
             shard.shared.now()
         } else {
@@ -1122,7 +1145,7 @@ impl Recorder {
                 .shared
                 .slow_threshold
                 .is_some_and(|t| end.saturating_sub(self.start) > nanos(t));
-        let epoch = self.epoch;
+        let epoch = self.epoch();
         let record = |shared: &Shared, slot| match trial {
             Some(id) => match outcome {
                 Outcome::Success if !slow => shared.trial_succeeded(epoch, id),
@@ -1224,8 +1247,8 @@ impl Recorder {
         let Some(shard) = self.shard.take() else {
             return;
         };
-        if let Some(id) = self.trial {
-            shard.shared.release_trial(self.epoch, id);
+        if let Some(id) = self.trial() {
+            shard.shared.release_trial(self.epoch(), id);
         }
         let mut shard = Some(shard);
         with_local(|local| {
