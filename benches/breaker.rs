@@ -12,7 +12,8 @@
 //!   runtime and its OWN clone of the service; all clones share ONE breaker. Reported
 //!   time = wall time of both threads (first start to last finish) / calls per thread.
 //!
-//! Rows: `bare`, steadfast with each trip rule, and the peers `failsafe`, `recloser`
+//! Rows: `bare`, steadfast with each trip rule (and the count window once more with 1%
+//! of calls failing), and the peers `failsafe`, `recloser`
 //! and `tower-resilience` (tower-resilience-circuitbreaker) with comparable rules.
 //! failsafe and recloser are not tower middleware, so they are wrapped in the thin
 //! adapters below.
@@ -154,6 +155,26 @@ fn steadfast_count_window(
     breaker.layer().layer(inner())
 }
 
+/// steadfast: the count window again, with 1% of calls classified as failed (every
+/// request `n` with `n % 100 == 7`), far below the 50% rule: a failure is nearly
+/// always in the window, so every call takes a position in it (the clean-window row
+/// above takes none).
+fn steadfast_count_window_1pct(
+) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
+    let breaker = steadfast::breaker::Breaker::builder("b")
+        .failure_rate(0.5)
+        .count_window(100)
+        .build()
+        .expect("valid steadfast config");
+    breaker
+        .layer()
+        .layer(inner())
+        .classify(|r: &Result<u64, Infallible>| match r {
+            Ok(n) if n % 100 == 7 => steadfast::Outcome::Failure,
+            _ => steadfast::Outcome::Success,
+        })
+}
+
 /// steadfast: trip at >= 50% failures over the last 10 s.
 fn steadfast_time_window(
 ) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
@@ -284,6 +305,12 @@ macro_rules! rows {
             $rt,
             "steadfast/count_window",
             steadfast_count_window(),
+        );
+        $bench(
+            $group,
+            $rt,
+            "steadfast/count_window_1pct",
+            steadfast_count_window_1pct(),
         );
         $bench(
             $group,

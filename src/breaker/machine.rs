@@ -1107,10 +1107,6 @@ impl Recorder {
 
     /// Counts the call's outcome, once. Done in place: moving the recorder out of the
     /// future first costs more than the rest of the work.
-    ///
-    /// The common case, a closed-state call on the thread that owns its shard, takes
-    /// one thread-local access: count, record in the rules, keep the shard for the
-    /// thread's next call.
     #[inline]
     pub(crate) fn finish(&mut self, outcome: Outcome) {
         let Some(shard) = self.shard.take() else {
@@ -1167,9 +1163,12 @@ impl Recorder {
 }
 
 /// [`Recorder::finish`] for a closed-state call that ended at `end`; `TIMED`: with a
-/// time window (else `end` is 0). The common case, on the thread that owns the shard, takes one
-/// thread-local access: count, record in the rules, keep the shard for the thread's
-/// next call.
+/// time window (else `end` is 0).
+///
+/// The common case, on the thread that owns the shard: read the thread's slot, count
+/// with a plain store, record in the rules (a success without a window only reads the
+/// failure streak), and leave the shard for the thread's next call. Two thread-local
+/// accesses, no read-modify-write.
 #[inline(always)]
 fn finish_here<const TIMED: bool>(shard: Arc<Shard>, epoch: u32, outcome: Outcome, end: u64) {
     match with_local(Local::slot) {
