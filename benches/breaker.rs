@@ -145,14 +145,17 @@ fn steadfast_consecutive(
 }
 
 /// steadfast: trip at >= 50% failures over the last 100 calls.
-fn steadfast_count_window(
-) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
-    let breaker = steadfast::breaker::Breaker::builder("b")
+fn count_window_breaker() -> steadfast::breaker::Breaker {
+    steadfast::breaker::Breaker::builder("b")
         .failure_rate(0.5)
         .count_window(100)
         .build()
-        .expect("valid steadfast config");
-    breaker.layer().layer(inner())
+        .expect("valid steadfast config")
+}
+
+fn steadfast_count_window(
+) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
+    count_window_breaker().layer().layer(inner())
 }
 
 /// steadfast: the count window again, with 1% of calls classified as failed (every
@@ -161,12 +164,7 @@ fn steadfast_count_window(
 /// above takes none).
 fn steadfast_count_window_1pct(
 ) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
-    let breaker = steadfast::breaker::Breaker::builder("b")
-        .failure_rate(0.5)
-        .count_window(100)
-        .build()
-        .expect("valid steadfast config");
-    breaker
+    count_window_breaker()
         .layer()
         .layer(inner())
         .classify(|r: &Result<u64, Infallible>| match r {
