@@ -243,6 +243,30 @@ async fn a_slow_trial_is_a_failed_trial() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_trial_is_timed_from_its_call_not_from_poll_ready() {
+    // The permit is taken by `poll_ready`; a call made long after it is timed from
+    // when it was made, so a fast trial is not slow for the wait before it.
+    let breaker = Breaker::builder("slow")
+        .slow_calls(ms(100), 0.5)
+        .count_window(2)
+        .min_calls(2)
+        .half_open_calls(1)
+        .open_backoff(Backoff::constant(secs(1)))
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    calls(&mut svc, 2, || Req::After(ms(200), true)).await;
+    assert_eq!(breaker.state(), State::Open);
+    advance(secs(1)).await;
+    svc.ready().await.expect("ready");
+    assert_eq!(breaker.state(), State::HalfOpen);
+    advance(ms(500)).await;
+    let trial = svc.call(Req::After(ms(50), true));
+    assert_eq!(seen(trial.await), Seen::Ok);
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn forced_states_hold_until_reset() {
     let breaker = builder().build().unwrap();
     let (mut svc, reached) = guarded(&breaker);

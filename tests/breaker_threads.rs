@@ -12,6 +12,7 @@ use std::future::{ready, Future, Ready};
 use std::pin::pin;
 use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use steadfast::breaker::error::Open;
 use steadfast::breaker::{Breaker, BreakerService, Snapshot};
@@ -146,6 +147,42 @@ fn more_threads_than_shards_still_add_up() {
     });
     let half = THREADS * CALLS / 2;
     assert_counts(&breaker.snapshot(), half, half, 0);
+}
+
+#[test]
+fn a_time_window_shared_by_more_threads_than_stripes_counts_every_call() {
+    // A time window counts calls per thread; 96 threads alive at once include some
+    // past its own stripes, which share one. The window's failure rate must be exact:
+    // one failure per thread among all the calls.
+    const THREADS: u64 = 96;
+    const CALLS: u64 = 200;
+    let breaker = Breaker::builder("timed")
+        .failure_rate(0.5)
+        .time_window(Duration::from_secs(600))
+        .build()
+        .expect("valid config");
+    let inner = service_fn(|n: u64| ready(if n == 0 { Err("first") } else { Ok(n) }));
+    let svc = breaker.layer().layer(inner);
+    let start = Arc::new(Barrier::new(THREADS as usize));
+    let end = Arc::new(Barrier::new(THREADS as usize));
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let mut svc = svc.clone();
+            let (start, end) = (start.clone(), end.clone());
+            scope.spawn(move || {
+                start.wait();
+                for n in 0..CALLS {
+                    poll_once(std::future::poll_fn(|cx| svc.poll_ready(cx))).expect("ready");
+                    let _ = poll_once(svc.call(n));
+                }
+                end.wait();
+            });
+        }
+    });
+    let s = breaker.snapshot();
+    assert_eq!((s.calls, s.failures), (THREADS * CALLS, THREADS), "{s:?}");
+    let rate = s.failure_rate.expect("a window");
+    assert_eq!(rate, 1.0 / CALLS as f64, "{s:?}");
 }
 
 #[test]

@@ -1048,13 +1048,6 @@ impl Recorder {
         NonZeroU32::new((self.tag >> 32) as u32 & TRIAL_MASK)
     }
 
-    /// Takes the trial: its permit is handled from here on.
-    fn take_trial(&mut self) -> Option<NonZeroU32> {
-        let trial = self.trial();
-        self.tag &= !(u64::from(TRIAL_MASK) << 32);
-        trial
-    }
-
     /// The recorder of a rejected call: counts nothing, and holds the shard only to
     /// name the breaker (see [`reject`](Self::reject)).
     #[inline]
@@ -1129,7 +1122,8 @@ impl Recorder {
             let end = shard.shared.now();
             return finish_here::<true>(shard, self.epoch(), outcome, end);
         }
-        let trial = self.take_trial();
+        // The shard is taken, so the recorder's drop will not touch the trial again.
+        let trial = self.trial();
         let end = if shard.time_end {
             shard.shared.now()
         } else {
