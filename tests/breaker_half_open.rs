@@ -221,8 +221,8 @@ async fn an_ignored_trial_frees_its_permit() {
     assert_eq!(breaker.state(), State::Closed);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_slow_trial_is_a_failed_trial() {
+/// A breaker with a slow-call rule and one trial, opened by two slow calls.
+async fn tripped_by_slow_calls() -> (Breaker, Svc) {
     let breaker = Breaker::builder("slow")
         .slow_calls(ms(100), 0.5)
         .count_window(2)
@@ -234,6 +234,12 @@ async fn a_slow_trial_is_a_failed_trial() {
     let (mut svc, _) = guarded(&breaker);
     calls(&mut svc, 2, || Req::After(ms(200), true)).await;
     assert_eq!(breaker.state(), State::Open);
+    (breaker, svc)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_trial_is_a_failed_trial() {
+    let (breaker, mut svc) = tripped_by_slow_calls().await;
     advance(secs(1)).await;
     assert_eq!(call(&mut svc, Req::After(ms(200), true)).await, Seen::Ok);
     assert_eq!(breaker.state(), State::Open);
@@ -246,17 +252,7 @@ async fn a_slow_trial_is_a_failed_trial() {
 async fn a_trial_is_timed_from_its_call_not_from_poll_ready() {
     // The permit is taken by `poll_ready`; a call made long after it is timed from
     // when it was made, so a fast trial is not slow for the wait before it.
-    let breaker = Breaker::builder("slow")
-        .slow_calls(ms(100), 0.5)
-        .count_window(2)
-        .min_calls(2)
-        .half_open_calls(1)
-        .open_backoff(Backoff::constant(secs(1)))
-        .build()
-        .unwrap();
-    let (mut svc, _) = guarded(&breaker);
-    calls(&mut svc, 2, || Req::After(ms(200), true)).await;
-    assert_eq!(breaker.state(), State::Open);
+    let (breaker, mut svc) = tripped_by_slow_calls().await;
     advance(secs(1)).await;
     svc.ready().await.expect("ready");
     assert_eq!(breaker.state(), State::HalfOpen);

@@ -121,41 +121,44 @@ fn futures_finished_on_another_thread_are_counted_once() {
     assert_counts(&breaker.snapshot(), 350, 350, 0);
 }
 
-#[test]
-fn more_threads_than_shards_still_add_up() {
-    // Shards are made for at least 64 thread slots; 96 threads alive at once take
-    // slots past them (slots are unique among live threads), which share one shard.
-    const THREADS: u64 = 96;
-    const CALLS: u64 = 200;
-    let breaker = breaker("crowd");
-    let svc = service(&breaker);
-    let start = Arc::new(Barrier::new(THREADS as usize));
-    let end = Arc::new(Barrier::new(THREADS as usize));
+/// Runs `each` on `threads` threads that are all alive at once, from before the first
+/// runs it until the last is done: thread slots are unique among live threads, so
+/// past 64 threads some take slots beyond a breaker's own shards and stripes.
+fn in_crowd(threads: usize, each: impl Fn() + Sync) {
+    let start = Barrier::new(threads);
+    let end = Barrier::new(threads);
     std::thread::scope(|scope| {
-        for _ in 0..THREADS {
-            let mut svc = svc.clone();
-            let (start, end) = (start.clone(), end.clone());
-            scope.spawn(move || {
+        for _ in 0..threads {
+            scope.spawn(|| {
                 start.wait();
-                for n in 0..CALLS {
-                    let _ = poll_once(call(&mut svc, n));
-                }
-                // Stay alive until every thread has called: no slot is reused early.
+                each();
                 end.wait();
             });
         }
     });
-    let half = THREADS * CALLS / 2;
+}
+
+const CROWD: u64 = 96;
+const CROWD_CALLS: u64 = 200;
+
+#[test]
+fn more_threads_than_shards_still_add_up() {
+    let breaker = breaker("crowd");
+    let svc = service(&breaker);
+    in_crowd(CROWD as usize, || {
+        let mut svc = svc.clone();
+        for n in 0..CROWD_CALLS {
+            let _ = poll_once(call(&mut svc, n));
+        }
+    });
+    let half = CROWD * CROWD_CALLS / 2;
     assert_counts(&breaker.snapshot(), half, half, 0);
 }
 
 #[test]
 fn a_time_window_shared_by_more_threads_than_stripes_counts_every_call() {
-    // A time window counts calls per thread; 96 threads alive at once include some
-    // past its own stripes, which share one. The window's failure rate must be exact:
-    // one failure per thread among all the calls.
-    const THREADS: u64 = 96;
-    const CALLS: u64 = 200;
+    // A time window counts calls per thread, and threads past its own stripes share
+    // one. Its failure rate must be exact: one failure per thread among all the calls.
     let breaker = Breaker::builder("timed")
         .failure_rate(0.5)
         .time_window(Duration::from_secs(600))
@@ -163,26 +166,17 @@ fn a_time_window_shared_by_more_threads_than_stripes_counts_every_call() {
         .expect("valid config");
     let inner = service_fn(|n: u64| ready(if n == 0 { Err("first") } else { Ok(n) }));
     let svc = breaker.layer().layer(inner);
-    let start = Arc::new(Barrier::new(THREADS as usize));
-    let end = Arc::new(Barrier::new(THREADS as usize));
-    std::thread::scope(|scope| {
-        for _ in 0..THREADS {
-            let mut svc = svc.clone();
-            let (start, end) = (start.clone(), end.clone());
-            scope.spawn(move || {
-                start.wait();
-                for n in 0..CALLS {
-                    poll_once(std::future::poll_fn(|cx| svc.poll_ready(cx))).expect("ready");
-                    let _ = poll_once(svc.call(n));
-                }
-                end.wait();
-            });
+    in_crowd(CROWD as usize, || {
+        let mut svc = svc.clone();
+        for n in 0..CROWD_CALLS {
+            poll_once(std::future::poll_fn(|cx| svc.poll_ready(cx))).expect("ready");
+            let _ = poll_once(svc.call(n));
         }
     });
     let s = breaker.snapshot();
-    assert_eq!((s.calls, s.failures), (THREADS * CALLS, THREADS), "{s:?}");
+    assert_eq!((s.calls, s.failures), (CROWD * CROWD_CALLS, CROWD), "{s:?}");
     let rate = s.failure_rate.expect("a window");
-    assert_eq!(rate, 1.0 / CALLS as f64, "{s:?}");
+    assert_eq!(rate, 1.0 / CROWD_CALLS as f64, "{s:?}");
 }
 
 #[test]
