@@ -242,7 +242,7 @@ impl Counters {
     }
 }
 
-/// Cumulative totals summed over the stripes.
+/// Cumulative totals summed over the shards and the overflow counters.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Counts {
     pub(crate) successes: u64,
