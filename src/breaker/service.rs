@@ -60,11 +60,11 @@ pin_project! {
 /// `poll_ready` decides whether the next call goes through. While the breaker
 /// rejects, by default ([`Readiness::FailFast`](super::Readiness::FailFast)) it
 /// answers `Ready(Ok(()))` at once *without* polling the inner service, and the next
-/// `call` returns a ready [`Open`](super::error::Open) error: a stack waiting for readiness never stalls on
-/// a dead downstream, and `poll_ready` never returns the breaker's own error (tower
-/// treats an error there as the service being gone for good). When the call will go
-/// through, the inner service has been polled ready first. Errors from the inner
-/// `poll_ready` are passed on.
+/// `call` returns a ready [`Open`](super::error::Open) error: a stack waiting for
+/// readiness never stalls on a dead downstream, and `poll_ready` never returns the
+/// breaker's own error (tower treats an error there as the service being gone for
+/// good). When the call will go through, the inner service has been polled ready
+/// first. Errors from the inner `poll_ready` are passed on.
 ///
 /// With [`Readiness::Wait`](super::Readiness::Wait), `poll_ready` answers `Pending`
 /// while the breaker rejects, still without polling the inner service, and wakes the
