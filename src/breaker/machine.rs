@@ -1144,15 +1144,7 @@ impl Recorder {
             },
             None => shared.record_timed(epoch, outcome, slow, end, slot),
         };
-        let mut held = Some((shard, record));
-        with_local(|local| {
-            if let Some((shard, record)) = held.take() {
-                settle(Some(local), shard, outcome, slow, record);
-            }
-        });
-        if let Some((shard, record)) = held {
-            settle(None, shard, outcome, slow, record);
-        }
+        settle(shard, outcome, slow, record);
     }
 }
 
@@ -1181,34 +1173,29 @@ fn finish_here<const TIMED: bool>(shard: Arc<Shard>, epoch: u32, outcome: Outcom
 #[cold]
 #[inline(never)]
 fn finish_elsewhere(shard: Arc<Shard>, epoch: u32, outcome: Outcome, end: u64) {
-    let record = |shared: &Shared, slot| shared.record_timed(epoch, outcome, false, end, slot);
-    let mut held = Some(shard);
-    with_local(|local| {
-        if let Some(shard) = held.take() {
-            settle(Some(local), shard, outcome, false, record);
-        }
+    settle(shard, outcome, false, |shared, slot| {
+        shared.record_timed(epoch, outcome, false, end, slot);
     });
-    if let Some(shard) = held {
-        settle(None, shard, outcome, false, record);
-    }
 }
 
-/// Counts `outcome` with `shard` for the thread of `local` (none: its thread-locals
-/// are gone), runs `record` on the shared state with the thread's slot, and keeps the
-/// shard for the thread's next call if it may.
+/// Counts `outcome` with `shard` for the calling thread, runs `record` on the shared
+/// state with the thread's slot, and keeps the shard for the thread's next call if it
+/// may. Once the thread's locals are gone it counts in the overflow stripe and drops
+/// the shard.
 #[inline(never)]
-fn settle(
-    local: Option<&Local>,
-    shard: Arc<Shard>,
-    outcome: Outcome,
-    slow: bool,
-    record: impl FnOnce(&Shared, usize),
-) {
-    let slot = local.map_or(usize::MAX, Local::slot);
-    shard.count(slot, outcome, slow);
-    record(&shard.shared, slot);
-    if let Some(local) = local {
-        keep(local, shard);
+fn settle(shard: Arc<Shard>, outcome: Outcome, slow: bool, record: impl FnOnce(&Shared, usize)) {
+    let mut held = Some((shard, record));
+    with_local(|local| {
+        if let Some((shard, record)) = held.take() {
+            let slot = local.slot();
+            shard.count(slot, outcome, slow);
+            record(&shard.shared, slot);
+            keep(local, shard);
+        }
+    });
+    if let Some((shard, record)) = held {
+        shard.count(usize::MAX, outcome, slow);
+        record(&shard.shared, usize::MAX);
     }
 }
 
