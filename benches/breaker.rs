@@ -26,7 +26,6 @@
 
 use std::convert::Infallible;
 use std::fmt::Debug;
-use std::future::Ready;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,20 +34,6 @@ use tower::{Layer, Service};
 /// The open duration every breaker is given. The breakers never open in these
 /// benches; a common value just keeps the configurations alike.
 const OPEN_FOR: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------
-// The inner service
-// ---------------------------------------------------------------------------
-
-/// The trivial inner service. Returned as `impl Service` (not a `fn` pointer) so the
-/// closure stays a zero-sized, inlinable type in every row.
-fn inner(
-) -> impl Service<u64, Response = u64, Error = Infallible, Future = Ready<Result<u64, Infallible>>>
-       + Clone
-       + Send
-       + 'static {
-    tower::service_fn(|x: u64| std::future::ready(Ok::<u64, Infallible>(x)))
-}
 
 // ---------------------------------------------------------------------------
 // Peer adapters: thin tower `Service`s over failsafe and recloser
@@ -285,7 +270,7 @@ fn tower_resilience_time_window(
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{bench_shared, bench_single};
+use support::{bench_shared, bench_single, inner};
 
 /// Runs `$bench` once per row, so both groups have the same rows in the same order.
 /// A macro rather than a list because every row is a different service type.

@@ -20,13 +20,11 @@
 //! cargo bench --bench keyed
 //! ```
 
-use std::convert::Infallible;
-use std::future::Ready;
 use std::time::Duration;
 
 use steadfast::breaker::Breaker;
 use steadfast::keyed::KeyedBreaker;
-use tower::{Layer, Service};
+use tower::Layer;
 
 // Only the single-task driver is used here.
 #[allow(dead_code)]
@@ -35,13 +33,7 @@ mod support;
 
 const KEYS: u64 = 1_000;
 
-fn inner(
-) -> impl Service<u64, Response = u64, Error = Infallible, Future = Ready<Result<u64, Infallible>>>
-       + Clone
-       + Send
-       + 'static {
-    tower::service_fn(|x: u64| std::future::ready(Ok::<u64, Infallible>(x)))
-}
+use support::inner;
 
 fn template() -> steadfast::breaker::BreakerBuilder {
     Breaker::builder("bench").consecutive_failures(5)

@@ -36,20 +36,6 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 use tower::{Layer, Service};
 
 // ---------------------------------------------------------------------------
-// The inner service
-// ---------------------------------------------------------------------------
-
-/// The trivial inner service. Returned as `impl Service` (not a `fn` pointer) so the
-/// closure stays a zero-sized, inlinable type in every row.
-fn inner(
-) -> impl Service<u64, Response = u64, Error = Infallible, Future = Ready<Result<u64, Infallible>>>
-       + Clone
-       + Send
-       + 'static {
-    tower::service_fn(|x: u64| std::future::ready(Ok::<u64, Infallible>(x)))
-}
-
-// ---------------------------------------------------------------------------
 // tower retry policies
 // ---------------------------------------------------------------------------
 
@@ -136,7 +122,7 @@ fn tower_budget() -> impl Service<u64, Response = u64, Error = Infallible> + Clo
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{bench_shared, bench_single};
+use support::{bench_shared, bench_single, inner};
 
 /// Runs `$bench` once per row, so both groups have the same rows in the same order.
 /// A macro rather than a list because every row is a different service type.
