@@ -105,6 +105,16 @@ fn noop_waker() -> Waker {
 /// One call: `poll_ready`, `call`, and the response future polled to completion,
 /// which must take a single poll (the inner future is ready at once).
 #[inline(never)]
+/// Makes `CALLS` calls, requests `0..CALLS`; the sum of the answers.
+fn drive_calls<S>(svc: &mut S, cx: &mut Context<'_>) -> u64
+where
+    S: Service<u64, Response = u64, Error = BoxError>,
+{
+    (0..CALLS)
+        .map(|i| drive(svc, cx, black_box(i)).unwrap())
+        .sum()
+}
+
 fn drive<S>(svc: &mut S, cx: &mut Context<'_>, req: u64) -> Result<u64, BoxError>
 where
     S: Service<u64, Response = u64, Error = BoxError>,
@@ -141,13 +151,7 @@ fn assert_closed_path_allocates_nothing(breaker: Breaker) {
         assert_eq!(drive(&mut svc, &mut cx, i).unwrap(), i);
     }
 
-    let (sum, allocs, frees) = count(|| {
-        let mut sum = 0u64;
-        for i in 0..CALLS {
-            sum += drive(&mut svc, &mut cx, black_box(i)).unwrap();
-        }
-        sum
-    });
+    let (sum, allocs, frees) = count(|| drive_calls(&mut svc, &mut cx));
 
     assert_eq!(
         sum,
@@ -369,13 +373,7 @@ fn keyed_known_key_closed_path_allocates_nothing() {
         assert_eq!(drive(&mut svc, &mut cx, i).unwrap(), i);
     }
 
-    let (sum, allocs, frees) = count(|| {
-        let mut sum = 0u64;
-        for i in 0..CALLS {
-            sum += drive(&mut svc, &mut cx, black_box(i)).unwrap();
-        }
-        sum
-    });
+    let (sum, allocs, frees) = count(|| drive_calls(&mut svc, &mut cx));
 
     assert_eq!(sum, CALLS * (CALLS - 1) / 2);
     assert_eq!(allocs, 0, "{allocs} allocations in {CALLS} known-key calls");
