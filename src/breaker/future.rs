@@ -70,7 +70,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
@@ -79,11 +79,21 @@ where
                 this.recorder.finish(this.classify.classify(&result));
                 Poll::Ready(result.map_err(Into::into))
             }
-            KindProj::Rejected { retry_after } => Poll::Ready(Err(match this.recorder.reject() {
-                Some(name) => Open::new(name, *retry_after).into(),
-                None => "breaker response future polled after completion".into(),
-            })),
+            KindProj::Rejected { retry_after } => {
+                Poll::Ready(Err(rejection(this.recorder, *retry_after)))
+            }
         }
+    }
+}
+
+/// The error of a rejected call, once; out of line so that the closed path stays small
+/// enough to be inlined into the caller's loop.
+#[cold]
+#[inline(never)]
+fn rejection(recorder: &mut Recorder, retry_after: Option<Duration>) -> BoxError {
+    match recorder.reject() {
+        Some(name) => Open::new(name, retry_after).into(),
+        None => "breaker response future polled after completion".into(),
     }
 }
 

@@ -166,9 +166,9 @@ pub(crate) struct Shard {
     /// The thread slot that owns `counters`; [`NO_OWNER`] for the shard of threads
     /// beyond the breaker's slots.
     owner: usize,
-    /// Copies of `Shared::time_end` and whether a call's start must be timed, on the
-    /// line a call touches anyway.
-    time_end: bool,
+    /// `Shared::time_end` as the [`TIMED`] bit of a recorder's tag (or 0), and whether
+    /// a call's start must be timed: copies on the line a call touches anyway.
+    timed: u64,
     time_start: bool,
     counters: Counters,
 }
@@ -182,7 +182,7 @@ impl Shard {
         Self {
             shared: shared.clone(),
             owner,
-            time_end: shared.time_end,
+            timed: if shared.time_end { TIMED } else { 0 },
             time_start: shared.slow_threshold.is_some(),
             counters: Counters::default(),
         }
@@ -647,7 +647,7 @@ impl Shared {
                 if TIMED {
                     if let Some(Window::Time(w)) = &self.window {
                         if self.word() == Word::new(CLOSED, epoch) {
-                            w.record_success(w.tick(end), slot);
+                            w.record_success(end, slot);
                         }
                     }
                 } else if let Some(Window::Count(w)) = &self.window {
@@ -1031,10 +1031,9 @@ impl Recorder {
         } else {
             0
         };
-        let timed = if shard.time_end { TIMED } else { 0 };
         Self {
+            tag: u64::from(epoch) | shard.timed,
             shard: Some(shard),
-            tag: u64::from(epoch) | timed,
             start,
         }
     }
@@ -1100,7 +1099,7 @@ impl Recorder {
 
     /// Counts the call's outcome, once. Done in place: moving the recorder out of the
     /// future first costs more than the rest of the work.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn finish(&mut self, outcome: Outcome) {
         let Some(shard) = self.shard.take() else {
             return;
@@ -1124,7 +1123,7 @@ impl Recorder {
         }
         // The shard is taken, so the recorder's drop will not touch the trial again.
         let trial = self.trial();
-        let end = if shard.time_end {
+        let end = if shard.timed != 0 {
             shard.shared.now()
         } else {
             0

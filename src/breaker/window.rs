@@ -111,6 +111,12 @@ impl CountWindow {
         {
             return;
         }
+        self.record_success_slow();
+    }
+
+    /// [`record_success`](Self::record_success) once the window has a failure in it.
+    #[inline(never)]
+    fn record_success_slow(&self) {
         self.record(false, false);
     }
 
@@ -153,14 +159,26 @@ pub(crate) const BUCKETS: u64 = 10;
 
 type Ring = [AtomicU64; BUCKETS as usize];
 
+/// One thread's calls per bucket, and the tick its last success fell in.
+#[derive(Debug, Default)]
+struct Stripe {
+    ring: Ring,
+    /// Where the tick of this stripe's last success starts, in nanoseconds since the
+    /// breaker's start, and that tick: a success that ends within the same tick (nearly
+    /// every one) finds it with a subtraction and a compare instead of a 64-bit
+    /// division. Only the stripe's owner reads or writes them.
+    from: AtomicU64,
+    tick: AtomicU64,
+}
+
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     /// Bucket width in nanoseconds.
     width: u64,
-    /// Calls per bucket, one ring per thread slot (see [`crate::stripe`]): every call
-    /// adds to one, so two threads never share its cache line. Summed only when a
-    /// failure or slow call needs the rate.
-    calls: Box<[CachePadded<Ring>]>,
+    /// Calls per bucket, one stripe per thread slot (see [`crate::stripe`]): every
+    /// call adds to one, so two threads never share its cache line. Summed only when
+    /// a failure or slow call needs the rate.
+    calls: Box<[CachePadded<Stripe>]>,
     failures: CachePadded<Ring>,
     slow: CachePadded<Ring>,
 }
@@ -182,12 +200,39 @@ impl TimeWindow {
         stamp(elapsed_nanos / self.width)
     }
 
-    /// Records one successful call (not slow) that ended at `tick` on the thread in
-    /// `slot`: the only write is to that thread's own ring.
+    /// Records one successful call (not slow) that ended `end` nanoseconds after the
+    /// breaker's start, on the thread in `slot`: the only write is to that thread's
+    /// own stripe.
     #[inline(always)]
-    pub(crate) fn record_success(&self, tick: u64, slot: usize) {
+    pub(crate) fn record_success(&self, end: u64, slot: usize) {
         let (stripe, owned) = stripe_of(slot, self.calls.len());
-        bump_stamped(&self.calls[stripe][(tick % BUCKETS) as usize], tick, owned);
+        let stripe = &self.calls[stripe];
+        let tick = if owned {
+            self.owned_tick(stripe, end)
+        } else {
+            self.tick(end)
+        };
+        bump_stamped(&stripe.ring[(tick % BUCKETS) as usize], tick, owned);
+    }
+
+    /// [`tick`](Self::tick) of `end`, from the cache of the stripe the calling thread
+    /// owns when `end` is in the same tick as its last success.
+    #[inline(always)]
+    fn owned_tick(&self, stripe: &Stripe, end: u64) -> u64 {
+        let from = stripe.from.load(Relaxed);
+        if end.wrapping_sub(from) < self.width {
+            return stripe.tick.load(Relaxed);
+        }
+        self.cache_tick(stripe, end)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn cache_tick(&self, stripe: &Stripe, end: u64) -> u64 {
+        let n = end / self.width;
+        stripe.from.store(n * self.width, Relaxed);
+        stripe.tick.store(stamp(n), Relaxed);
+        stamp(n)
     }
 
     /// Records one call that ended at `tick` on the thread in `slot`.
@@ -201,7 +246,7 @@ impl TimeWindow {
     ) -> Option<Totals> {
         let bucket = (tick % BUCKETS) as usize;
         let (stripe, owned) = stripe_of(slot, self.calls.len());
-        bump_stamped(&self.calls[stripe][bucket], tick, owned);
+        bump_stamped(&self.calls[stripe].ring[bucket], tick, owned);
         if failed {
             bump_stamped(&self.failures[bucket], tick, false);
         }
@@ -218,7 +263,7 @@ impl TimeWindow {
                 .sum::<u64>()
         };
         Totals {
-            calls: self.calls.iter().map(|r| sum(r)).sum(),
+            calls: self.calls.iter().map(|s| sum(&s.ring)).sum(),
             failures: sum(&self.failures),
             slow: sum(&self.slow),
         }
@@ -227,7 +272,7 @@ impl TimeWindow {
     /// Empties the window. A call recorded at the same moment by a thread into its own
     /// ring may survive the reset: at most one call per thread from before it.
     pub(crate) fn reset(&self) {
-        let rings = self.calls.iter().map(|r| &r.0);
+        let rings = self.calls.iter().map(|s| &s.0.ring);
         for ring in rings.chain([&self.failures.0, &self.slow.0]) {
             for c in ring {
                 // Stamp zero with count zero counts nothing, whatever the tick.
@@ -325,10 +370,42 @@ mod tests {
     }
 
     #[test]
+    fn a_stripes_cached_tick_is_the_divided_tick() {
+        let w = TimeWindow::new(Duration::from_millis(100)); // 10 ms buckets
+        let ms = 1_000_000;
+        let stripe = &w.calls[0];
+        // Forward within a tick, across ticks, to the last and first nanosecond of
+        // one, and backward (a late end) across a tick boundary.
+        let edges = [
+            0,
+            1,
+            10 * ms - 1,
+            10 * ms,
+            15 * ms,
+            99 * ms,
+            5 * ms,
+            10 * ms - 1,
+        ];
+        let ends = edges
+            .into_iter()
+            .chain((0..500).map(|i| i * 7 * ms / 3))
+            .chain([u64::MAX / 2, 3 * ms]);
+        for end in ends {
+            assert_eq!(w.owned_tick(stripe, end), w.tick(end), "end {end}");
+        }
+        // A success counts in the bucket of its own tick.
+        w.record_success(25 * ms, 0);
+        w.record_success(29 * ms, 0);
+        w.record_success(30 * ms, 0);
+        assert_eq!(live_count(&stripe.ring[2], w.tick(25 * ms), 1), 2);
+        assert_eq!(live_count(&stripe.ring[3], w.tick(30 * ms), 1), 1);
+    }
+
+    #[test]
     fn time_window_saturates_instead_of_wrapping() {
         let w = TimeWindow::new(Duration::from_secs(1));
-        for ring in w.calls.iter() {
-            ring[0].store(SATURATED, Relaxed);
+        for stripe in w.calls.iter() {
+            stripe.ring[0].store(SATURATED, Relaxed);
         }
         w.record(false, false, 0, 0);
         assert_eq!(w.totals(0).calls, SATURATED * w.calls.len() as u64);
