@@ -79,8 +79,9 @@ impl CountWindow {
     }
 
     /// Records one counted call; returns the totals when the call could trip a rule
-    /// (it failed or was slow).
-    #[inline]
+    /// (it failed or was slow). Out of line: a success only gets here once the window
+    /// has a failure in it (see [`record_success`](Self::record_success)).
+    #[inline(never)]
     pub(crate) fn record(&self, failed: bool, slow: bool) -> Option<Totals> {
         let slot = self.pos.fetch_add(1, Relaxed) % self.size;
         let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
@@ -111,12 +112,6 @@ impl CountWindow {
         {
             return;
         }
-        self.record_success_slow();
-    }
-
-    /// [`record_success`](Self::record_success) once the window has a failure in it.
-    #[inline(never)]
-    fn record_success_slow(&self) {
         self.record(false, false);
     }
 
@@ -229,10 +224,10 @@ impl TimeWindow {
     #[cold]
     #[inline(never)]
     fn cache_tick(&self, stripe: &Stripe, end: u64) -> u64 {
-        let n = end / self.width;
-        stripe.from.store(n * self.width, Relaxed);
-        stripe.tick.store(stamp(n), Relaxed);
-        stamp(n)
+        let tick = self.tick(end);
+        stripe.from.store(end - end % self.width, Relaxed);
+        stripe.tick.store(tick, Relaxed);
+        tick
     }
 
     /// Records one call that ended at `tick` on the thread in `slot`.
