@@ -12,9 +12,10 @@
 //!   runtime and its OWN clone of the service; all clones share ONE breaker. Reported
 //!   time = wall time of both threads (first start to last finish) / calls per thread.
 //!
-//! Rows: `bare`, steadfast with each trip rule (and the count window once more with 1%
-//! of calls failing), and the peers `failsafe`, `recloser`
-//! and `tower-resilience` (tower-resilience-circuitbreaker) with comparable rules.
+//! Rows: `bare`, steadfast with each trip rule (the count window once more with 1% of
+//! calls failing; the slow-call rule over a count window), and the peers `failsafe`,
+//! `recloser` and `tower-resilience` (tower-resilience-circuitbreaker) with comparable
+//! rules.
 //! failsafe and recloser are not tower middleware, so they are wrapped in the thin
 //! adapters below.
 //!
@@ -169,6 +170,18 @@ fn steadfast_time_window(
     breaker.layer().layer(inner())
 }
 
+/// steadfast: trip at >= 50% calls slower than 1 s over the last 100 calls. The rule
+/// reads the clock at the start and at the end of each call.
+fn steadfast_slow_call(
+) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
+    let breaker = steadfast::breaker::Breaker::builder("b")
+        .slow_calls(Duration::from_secs(1), 0.5)
+        .count_window(100)
+        .build()
+        .expect("valid steadfast config");
+    breaker.layer().layer(inner())
+}
+
 /// failsafe: trip after 5 failures in a row (`ConsecutiveFailures`), constant 30 s
 /// open duration.
 fn failsafe_consecutive(
@@ -301,6 +314,7 @@ macro_rules! rows {
             "steadfast/time_window",
             steadfast_time_window(),
         );
+        $bench($group, $rt, "steadfast/slow_call", steadfast_slow_call());
         $bench($group, $rt, "failsafe/consecutive", failsafe_consecutive());
         $bench($group, $rt, "failsafe/time_window", failsafe_time_window());
         $bench(

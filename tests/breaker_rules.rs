@@ -186,6 +186,45 @@ async fn slow_calls_trip_the_slow_rule() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn slow_calls_slide_out_of_a_count_window() {
+    // Fast successes into a full window without a slow call change nothing in it; once
+    // one is in, they must take positions again and push it out.
+    let breaker = builder()
+        .slow_calls(ms(100), 0.5)
+        .count_window(10)
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    calls(&mut svc, 1000, || Req::Ok).await;
+    calls(&mut svc, 4, || Req::After(ms(101), true)).await;
+    calls(&mut svc, 10, || Req::Ok).await;
+    calls(&mut svc, 4, || Req::After(ms(101), true)).await;
+    // 4 of the last 10 are slow, not 8.
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::After(ms(101), true)).await;
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(breaker.snapshot().slow, 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_calls_count_in_a_time_windows_slow_rate() {
+    let breaker = builder()
+        .slow_calls(ms(100), 0.5)
+        .time_window(secs(10))
+        .min_calls(4)
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    calls(&mut svc, 3, || Req::Ok).await;
+    calls(&mut svc, 2, || Req::After(ms(101), true)).await;
+    // 2 of 5 slow.
+    assert_eq!(breaker.state(), State::Closed);
+    call(&mut svc, Req::After(ms(101), true)).await;
+    // 3 of 6.
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
 async fn slow_rule_combines_with_failure_rate() {
     let breaker = builder()
         .failure_rate(0.75)

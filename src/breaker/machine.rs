@@ -632,10 +632,10 @@ impl Shared {
 
     // --- outcomes ----------------------------------------------------------------------
 
-    /// Counts an admitted call's outcome in the rules (no slow-call rule: it is not
-    /// slow), given when it ended (with a time window) and the thread's slot; may trip
+    /// Counts an admitted call's outcome in the rules, for a call that was not slow,
+    /// given when it ended (with a rule that needs it) and the thread's slot; may trip
     /// the breaker. A success is counted inline; the rest out of line.
-    /// `TIMED`: the breaker has a time window (and `end` is set).
+    /// `TIMED`: the breaker has a time window or a slow-call rule (and `end` is set).
     #[inline(always)]
     fn record<const TIMED: bool>(&self, epoch: u32, outcome: Outcome, end: u64, slot: usize) {
         match outcome {
@@ -643,17 +643,13 @@ impl Shared {
             Outcome::Success => {
                 // Epoch-checked, so it needs no look at the state word.
                 self.clear_failures(epoch);
-                // A success cannot trip a rule: no totals come back.
-                if TIMED {
-                    if let Some(Window::Time(w)) = &self.window {
-                        if self.word() == Word::new(CLOSED, epoch) {
-                            w.record_success(end, slot);
-                        }
-                    }
-                } else if let Some(Window::Count(w)) = &self.window {
-                    if self.word() == Word::new(CLOSED, epoch) {
-                        w.record_success();
-                    }
+                // A success that is not slow cannot trip a rule: no totals come back.
+                let closed = || self.word() == Word::new(CLOSED, epoch);
+                match &self.window {
+                    // Only with `TIMED` is `end` the call's end.
+                    Some(Window::Time(w)) if TIMED && closed() => w.record_success(end, slot),
+                    Some(Window::Count(w)) if closed() => w.record_success(),
+                    _ => {}
                 }
             }
             Outcome::Failure => self.record_timed(epoch, outcome, false, end, slot),
@@ -1116,11 +1112,6 @@ impl Recorder {
     /// call's end time.
     #[inline(never)]
     fn finish_timed_or_trial(&mut self, shard: Arc<Shard>, outcome: Outcome) {
-        if self.trial().is_none() && !shard.time_start {
-            // A time window alone: the closed path, with the call's end.
-            let end = shard.shared.now();
-            return finish_here::<true>(shard, self.epoch(), outcome, end);
-        }
         // The shard is taken, so the recorder's drop will not touch the trial again.
         let trial = self.trial();
         let end = if shard.timed != 0 {
@@ -1135,6 +1126,10 @@ impl Recorder {
                 .slow_threshold
                 .is_some_and(|t| end.saturating_sub(self.start) > nanos(t));
         let epoch = self.epoch();
+        if trial.is_none() && !slow {
+            // Neither a trial nor slow: the closed path, with the call's end.
+            return finish_here::<true>(shard, epoch, outcome, end);
+        }
         let record = |shared: &Shared, slot| match trial {
             Some(id) => match outcome {
                 Outcome::Success if !slow => shared.trial_succeeded(epoch, id),
@@ -1147,8 +1142,8 @@ impl Recorder {
     }
 }
 
-/// [`Recorder::finish`] for a closed-state call that ended at `end`; `TIMED`: with a
-/// time window (else `end` is 0).
+/// [`Recorder::finish`] for a closed-state call, not slow, that ended at `end`;
+/// `TIMED`: with a time window or a slow-call rule (else `end` is 0).
 ///
 /// The common case, on the thread that owns the shard: read the thread's slot, count
 /// with a plain store, record in the rules (a success without a window only reads the

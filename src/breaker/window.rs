@@ -100,13 +100,14 @@ impl CountWindow {
 
     /// Records one successful call (not slow).
     ///
-    /// A full window with no failure in it holds only successes, and one more changes
-    /// nothing in it: the call takes no position. So while no failure is about, calls
-    /// from every thread only read the window, and no cache line moves between
-    /// threads. Racing a failure, such a success counts as the older of the two.
+    /// A full window with no failure or slow call in it holds only successes, and one
+    /// more changes nothing in it: the call takes no position. So while no failure or
+    /// slow call is about, calls from every thread only read the window, and no cache
+    /// line moves between threads. Racing a failure or a slow call, such a success
+    /// counts as the older of the two.
     #[inline(always)]
     pub(crate) fn record_success(&self) {
-        if self.slow_bits.is_none()
+        if (self.slow_bits.is_none() || self.slow.load(Relaxed) == 0)
             && self.failures.load(Relaxed) == 0
             && self.pos.load(Relaxed) >= self.size
         {
