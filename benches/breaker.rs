@@ -259,6 +259,21 @@ fn tower_resilience_count_window(
         .layer(inner())
 }
 
+/// tower-resilience: the count-based window of 100 calls with a slow-call rule (1 s,
+/// 50%), as `steadfast/slow_call`.
+fn tower_resilience_slow_call(
+) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
+    tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+        .slow_call_duration_threshold(Duration::from_secs(1))
+        .slow_call_rate_threshold(0.5)
+        .sliding_window_type(tower_resilience_circuitbreaker::SlidingWindowType::CountBased)
+        .sliding_window_size(100)
+        .wait_duration_in_open(OPEN_FOR)
+        .build()
+        .expect("valid tower-resilience config")
+        .layer(inner())
+}
+
 /// tower-resilience: time-based sliding window of 10 s, 50% failure rate.
 ///
 /// It keeps one record per call in a `VecDeque` and scans them all on every
@@ -334,6 +349,12 @@ macro_rules! rows {
             $rt,
             "tower-resilience/count_window",
             tower_resilience_count_window(),
+        );
+        $bench(
+            $group,
+            $rt,
+            "tower-resilience/slow_call",
+            tower_resilience_slow_call(),
         );
         $bench(
             $group,
