@@ -79,8 +79,9 @@ impl CountWindow {
     }
 
     /// Records one counted call; returns the totals when the call could trip a rule
-    /// (it failed or was slow). Out of line: a success only gets here once the window
-    /// has a failure in it (see [`record_success`](Self::record_success)).
+    /// (it failed or was slow). Out of line: a success that is not slow only gets here
+    /// while the window fills or holds a failure or a slow call (see
+    /// [`record_success`](Self::record_success)).
     #[inline(never)]
     pub(crate) fn record(&self, failed: bool, slow: bool) -> Option<Totals> {
         let slot = self.pos.fetch_add(1, Relaxed) % self.size;
