@@ -11,6 +11,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use crate::breaker::machine::Shard;
+use crate::breaker::window::{TickCache, TICK_CACHES};
 use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Adds one to a counter; `owned` when only this thread ever writes it.
@@ -94,6 +95,8 @@ pub(crate) struct Local {
     /// its watchdogs, which follow the `Breaker` handles) lives on until the thread's
     /// next call through another breaker, or its exit.
     pub(crate) lease: Cell<Option<Arc<Shard>>>,
+    /// Where the thread's last successes in time windows fell (see [`TickCache`]).
+    pub(crate) ticks: [Cell<TickCache>; TICK_CACHES],
 }
 
 impl Local {
@@ -108,6 +111,7 @@ crate::sync::thread_local! {
     static LOCAL: Local = Local {
         slot: ThreadSlot::acquire(),
         lease: Cell::new(None),
+        ticks: Default::default(),
     };
 }
 

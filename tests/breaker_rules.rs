@@ -186,6 +186,42 @@ async fn slow_calls_trip_the_slow_rule() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn breakers_called_in_turn_count_successes_in_their_own_ticks() {
+    // Six time windows (more than a thread keeps ticks for), started 300 ms apart so
+    // that their buckets do not line up, called in turn from one thread.
+    let mut all = Vec::new();
+    for _ in 0..6 {
+        let breaker = builder()
+            .failure_rate(0.5)
+            .time_window(secs(10))
+            .min_calls(2)
+            .build()
+            .unwrap();
+        let (svc, _) = guarded(&breaker);
+        all.push((breaker, svc));
+        tokio::time::advance(ms(300)).await;
+    }
+    // At 1.8 s two successes in each (the second one finds its tick where the
+    // thread keeps it), and at 11.5 s one more.
+    for (_, svc) in &mut all {
+        assert_eq!(calls(svc, 2, || Req::Ok).await, [Seen::Ok, Seen::Ok]);
+    }
+    tokio::time::advance(ms(9700)).await;
+    for (_, svc) in &mut all {
+        assert_eq!(call(svc, Req::Ok).await, Seen::Ok);
+    }
+    // At 12.5 s the first successes have left every window and the last ones have
+    // not: a failure is 1 of 2 and trips. A success counted in the tick of the one
+    // before it would have left too, leaving 1 call, below `min_calls`.
+    tokio::time::advance(secs(1)).await;
+    for (i, (breaker, svc)) in all.iter_mut().enumerate() {
+        assert_eq!(call(svc, Req::Err).await, Seen::Failed);
+        assert_eq!(breaker.state(), State::Open, "breaker {i}");
+        assert_eq!(breaker.snapshot().failure_rate, Some(0.5), "breaker {i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn slow_calls_slide_out_of_a_count_window() {
     // Fast successes into a full window without a slow call change nothing in it; once
     // one is in, they must take positions again and push it out.

@@ -352,7 +352,7 @@ impl Core {
             Some(r) => {
                 let window = match r.window {
                     WindowKind::Count(n) => Window::Count(CountWindow::new(n, r.slow.is_some())),
-                    WindowKind::Time(t) => Window::Time(TimeWindow::new(t)),
+                    WindowKind::Time(t) => Window::Time(TimeWindow::new(t, start)),
                 };
                 (Some(window), r.slow.map(|(t, _)| t))
             }
@@ -468,7 +468,13 @@ impl Shared {
 
     #[inline]
     fn now(&self) -> u64 {
-        nanos(Instant::now().saturating_duration_since(self.start))
+        self.since_start(Instant::now())
+    }
+
+    /// `at` in nanoseconds since the breaker's start.
+    #[inline]
+    fn since_start(&self, at: Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.start))
     }
 
     pub(crate) fn trips(&self) -> u64 {
@@ -637,7 +643,13 @@ impl Shared {
     /// the breaker. A success is counted inline; the rest out of line.
     /// `TIMED`: the breaker has a time window or a slow-call rule (and `end` is set).
     #[inline(always)]
-    fn record<const TIMED: bool>(&self, epoch: u32, outcome: Outcome, end: u64, slot: usize) {
+    fn record<const TIMED: bool>(
+        &self,
+        epoch: u32,
+        outcome: Outcome,
+        end: Option<Instant>,
+        slot: usize,
+    ) {
         match outcome {
             Outcome::Ignored => {}
             Outcome::Success => {
@@ -645,10 +657,11 @@ impl Shared {
                 self.clear_failures(epoch);
                 // A success that is not slow cannot trip a rule: no totals come back.
                 let closed = || self.word() == Word::new(CLOSED, epoch);
-                match &self.window {
-                    // Only with `TIMED` is `end` the call's end.
-                    Some(Window::Time(w)) if TIMED && closed() => w.record_success(end, slot),
-                    Some(Window::Count(w)) if closed() => w.record_success(),
+                match (&self.window, end) {
+                    (Some(Window::Time(w)), Some(end)) if TIMED && closed() => {
+                        w.record_success(end, slot);
+                    }
+                    (Some(Window::Count(w)), _) if closed() => w.record_success(),
                     _ => {}
                 }
             }
@@ -660,7 +673,14 @@ impl Shared {
     /// when it ended (with a rule that needs it); may trip the breaker. `slot` is the
     /// thread's, for a time window's per-thread counts.
     #[inline(never)]
-    fn record_timed(&self, epoch: u32, outcome: Outcome, slow: bool, end: u64, slot: usize) {
+    fn record_timed(
+        &self,
+        epoch: u32,
+        outcome: Outcome,
+        slow: bool,
+        end: Option<Instant>,
+        slot: usize,
+    ) {
         let word = self.word();
         if outcome == Outcome::Ignored || word.epoch() != epoch || word.kind() != CLOSED {
             return;
@@ -681,7 +701,8 @@ impl Shared {
             Some(Window::Count(w)) => w.record(failed, slow),
             Some(Window::Time(w)) => {
                 // `time_end` is set with a time window, so `end` is the call's end.
-                w.record(failed, slow, w.tick(end), slot)
+                let tick = end.map_or(0, |end| w.tick_of(end));
+                w.record(failed, slow, tick, slot)
             }
         };
         if let (Some(totals), Some(rules)) = (totals, self.config.rates) {
@@ -1104,7 +1125,7 @@ impl Recorder {
             // A trial, or a rule that needs the call's time.
             self.finish_timed_or_trial(shard, outcome);
         } else {
-            finish_here::<false>(shard, self.epoch(), outcome, 0);
+            finish_here::<false>(shard, self.epoch(), outcome, None);
         }
     }
 
@@ -1114,17 +1135,13 @@ impl Recorder {
     fn finish_timed_or_trial(&mut self, shard: Arc<Shard>, outcome: Outcome) {
         // The shard is taken, so the recorder's drop will not touch the trial again.
         let trial = self.trial();
-        let end = if shard.timed != 0 {
-            shard.shared.now()
-        } else {
-            0
-        };
+        let end = (shard.timed != 0).then(Instant::now);
+        let shared = &shard.shared;
         let slow = shard.time_start
             && outcome != Outcome::Ignored
-            && shard
-                .shared
-                .slow_threshold
-                .is_some_and(|t| end.saturating_sub(self.start) > nanos(t));
+            && end.zip(shared.slow_threshold).is_some_and(|(end, t)| {
+                shared.since_start(end).saturating_sub(self.start) > nanos(t)
+            });
         let epoch = self.epoch();
         if trial.is_none() && !slow {
             // Neither a trial nor slow: the closed path, with the call's end.
@@ -1143,14 +1160,19 @@ impl Recorder {
 }
 
 /// [`Recorder::finish`] for a closed-state call, not slow, that ended at `end`;
-/// `TIMED`: with a time window or a slow-call rule (else `end` is 0).
+/// `TIMED`: with a time window or a slow-call rule (else `end` is `None`).
 ///
 /// The common case, on the thread that owns the shard: read the thread's slot, count
 /// with a plain store, record in the rules (a success without a window only reads the
 /// failure streak), and leave the shard for the thread's next call. Two thread-local
 /// accesses, no read-modify-write.
 #[inline(always)]
-fn finish_here<const TIMED: bool>(shard: Arc<Shard>, epoch: u32, outcome: Outcome, end: u64) {
+fn finish_here<const TIMED: bool>(
+    shard: Arc<Shard>,
+    epoch: u32,
+    outcome: Outcome,
+    end: Option<Instant>,
+) {
     match with_local(Local::slot) {
         Some(slot) if shard.owner == slot => {
             bump(shard.counters.of(outcome), true);
@@ -1166,7 +1188,7 @@ fn finish_here<const TIMED: bool>(shard: Arc<Shard>, epoch: u32, outcome: Outcom
 /// whose thread-locals are gone.
 #[cold]
 #[inline(never)]
-fn finish_elsewhere(shard: Arc<Shard>, epoch: u32, outcome: Outcome, end: u64) {
+fn finish_elsewhere(shard: Arc<Shard>, epoch: u32, outcome: Outcome, end: Option<Instant>) {
     settle(shard, outcome, false, |shared, slot| {
         shared.record_timed(epoch, outcome, false, end, slot);
     });

@@ -62,7 +62,7 @@ mod event;
 mod layer;
 pub(crate) mod machine;
 pub(crate) mod service;
-mod window;
+pub(crate) mod window;
 
 pub mod error;
 pub mod future;

@@ -10,10 +10,13 @@
 //! stale bucket is recycled by the same write that counts the new call, and counts of
 //! calls are kept per thread. Memory is fixed whatever the call rate.
 
+use std::cell::Cell;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::config::nanos;
-use crate::stripe::{bump_stamped, live_count, parallelism, stamp, stripe_of};
+use crate::stripe::{bump_stamped, live_count, parallelism, stamp, stripe_of, with_local};
 use crate::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Calls, failures and slow calls currently in a window.
@@ -161,15 +164,42 @@ type Ring = [AtomicU64; BUCKETS as usize];
 struct Stripe {
     ring: Ring,
     /// Where the tick of this stripe's last success starts, in nanoseconds since the
-    /// breaker's start, and that tick: a success that ends within the same tick (nearly
-    /// every one) finds it with a subtraction and a compare instead of a 64-bit
-    /// division. Only the stripe's owner reads or writes them.
+    /// breaker's start, and that tick: a success that ends within the same tick finds
+    /// it with a subtraction and a compare instead of a 64-bit division. Only the
+    /// stripe's owner reads or writes them.
     from: AtomicU64,
     tick: AtomicU64,
 }
 
+/// The tick a thread's last success in a time window fell in, with its bounds as
+/// instants. A success that ends within the same tick of the same window (nearly every
+/// one) finds its tick with two comparisons of instants, without the subtraction and
+/// conversion that turn the instant into nanoseconds since the breaker's start; and as
+/// the branch they feed is predictable, counting need not wait for the clock read.
+/// Each thread keeps [`TICK_CACHES`] of them (see [`crate::stripe::Local`]), one per
+/// window id modulo that: a thread calling a few breakers in turn finds each one's.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TickCache {
+    /// [`TimeWindow::id`], 0 for none: ids are never reused, so an entry cannot
+    /// outlive its window and then match another one.
+    window: u64,
+    /// `[from, until)`: `None` while the entry only claims the window.
+    bounds: Option<(Instant, Instant)>,
+    tick: u64,
+}
+
+/// The [`TickCache`]s per thread.
+pub(crate) const TICK_CACHES: usize = 4;
+
+/// The source of [`TimeWindow::id`]s.
+static WINDOW_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
+    /// Unique among the windows of the process.
+    id: u64,
+    /// The breaker's start: ticks count from it.
+    start: Instant,
     /// Bucket width in nanoseconds.
     width: u64,
     /// Calls per bucket, one stripe per thread slot (see [`crate::stripe`]): every
@@ -181,9 +211,12 @@ pub(crate) struct TimeWindow {
 }
 
 impl TimeWindow {
-    pub(crate) fn new(window: Duration) -> Self {
+    /// A window of `window` for a breaker that started at `start`.
+    pub(crate) fn new(window: Duration, start: Instant) -> Self {
         let stripes = (parallelism() * 2).clamp(8, 128);
         Self {
+            id: WINDOW_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            start,
             width: (nanos(window) / BUCKETS).max(1),
             calls: (0..=stripes).map(|_| CachePadded::default()).collect(),
             failures: CachePadded::default(),
@@ -197,35 +230,88 @@ impl TimeWindow {
         stamp(elapsed_nanos / self.width)
     }
 
-    /// Records one successful call (not slow) that ended `end` nanoseconds after the
-    /// breaker's start, on the thread in `slot`: the only write is to that thread's
-    /// own stripe.
+    /// The tick of `at`.
+    pub(crate) fn tick_of(&self, at: Instant) -> u64 {
+        self.tick(nanos(at.saturating_duration_since(self.start)))
+    }
+
+    /// Records one successful call (not slow) that ended at `end`, on the thread in
+    /// `slot`: the only write is to that thread's own stripe.
     #[inline(always)]
-    pub(crate) fn record_success(&self, end: u64, slot: usize) {
+    pub(crate) fn record_success(&self, end: Instant, slot: usize) {
         let (stripe, owned) = stripe_of(slot, self.calls.len());
         let stripe = &self.calls[stripe];
-        let tick = if owned {
-            self.owned_tick(stripe, end)
-        } else {
-            self.tick(end)
-        };
+        let cache = self.id as usize % TICK_CACHES;
+        let tick = with_local(|local| self.cached_tick(&local.ticks[cache], end, stripe, owned))
+            .unwrap_or_else(|| self.tick_of(end));
         bump_stamped(&stripe.ring[(tick % BUCKETS) as usize], tick, owned);
     }
 
-    /// [`tick`](Self::tick) of `end`, from the cache of the stripe the calling thread
-    /// owns when `end` is in the same tick as its last success.
+    /// [`tick_of`](Self::tick_of) `end`, from the thread's `cache` when `end` is in the
+    /// tick of its last success in this window, else from `stripe`'s cache (when the
+    /// thread owns it) or by division. The thread's cache then gets this tick's bounds
+    /// if it was this window's; else it only claims the window, so that a thread going
+    /// through more windows than it has caches does not pay for bounds it will not use.
     #[inline(always)]
+    fn cached_tick(
+        &self,
+        cache: &Cell<TickCache>,
+        end: Instant,
+        stripe: &Stripe,
+        owned: bool,
+    ) -> u64 {
+        let c = cache.get();
+        let mine = c.window == self.id;
+        if let Some((from, until)) = c.bounds.filter(|_| mine) {
+            if from <= end && end < until {
+                return c.tick;
+            }
+        }
+        let elapsed = nanos(end.saturating_duration_since(self.start));
+        let tick = if owned {
+            self.owned_tick(stripe, elapsed)
+        } else {
+            self.tick(elapsed)
+        };
+        if mine {
+            self.bound(cache, elapsed, tick);
+        } else {
+            cache.set(TickCache {
+                window: self.id,
+                bounds: None,
+                tick,
+            });
+        }
+        tick
+    }
+
+    /// Puts the bounds of `tick`, which holds `elapsed`, in `cache`.
+    #[cold]
+    #[inline(never)]
+    fn bound(&self, cache: &Cell<TickCache>, elapsed: u64, tick: u64) {
+        let width = Duration::from_nanos(self.width);
+        let from = self
+            .start
+            .checked_add(Duration::from_nanos(elapsed - elapsed % self.width));
+        // Beyond what an instant holds, or before the start (where the bounds cannot
+        // hold the end), no bounds: the next success misses again.
+        let bounds = from.and_then(|from| Some((from, from.checked_add(width)?)));
+        cache.set(TickCache {
+            window: self.id,
+            bounds,
+            tick,
+        });
+    }
+
+    /// [`tick`](Self::tick) of `end` (nanoseconds since the start), from the cache of
+    /// the stripe the calling thread owns when `end` is in the same tick as its last
+    /// success.
+    #[inline]
     fn owned_tick(&self, stripe: &Stripe, end: u64) -> u64 {
         let from = stripe.from.load(Relaxed);
         if end.wrapping_sub(from) < self.width {
             return stripe.tick.load(Relaxed);
         }
-        self.cache_tick(stripe, end)
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn cache_tick(&self, stripe: &Stripe, end: u64) -> u64 {
         let tick = self.tick(end);
         stripe.from.store(end - end % self.width, Relaxed);
         stripe.tick.store(tick, Relaxed);
@@ -353,7 +439,7 @@ mod tests {
 
     #[test]
     fn time_window_forgets_old_buckets() {
-        let w = TimeWindow::new(Duration::from_secs(10));
+        let w = TimeWindow::new(Duration::from_secs(10), Instant::now());
         let sec = 1_000_000_000;
         w.record(true, false, w.tick(0), 0);
         w.record(false, false, w.tick(5 * sec), 0);
@@ -367,12 +453,15 @@ mod tests {
     }
 
     #[test]
-    fn a_stripes_cached_tick_is_the_divided_tick() {
-        let w = TimeWindow::new(Duration::from_millis(100)); // 10 ms buckets
+    fn a_threads_cached_tick_is_the_divided_tick() {
+        let start = Instant::now();
+        let w = TimeWindow::new(Duration::from_millis(100), start); // 10 ms buckets
+        let other = TimeWindow::new(Duration::from_millis(30), start); // 3 ms buckets
         let ms = 1_000_000;
-        let stripe = &w.calls[0];
+        let cache = Cell::new(TickCache::default());
         // Forward within a tick, across ticks, to the last and first nanosecond of
-        // one, and backward (a late end) across a tick boundary.
+        // one, backward (a runtime with an earlier paused clock) across a tick
+        // boundary, with turns through another window, and before the start.
         let edges = [
             0,
             1,
@@ -386,21 +475,39 @@ mod tests {
         let ends = edges
             .into_iter()
             .chain((0..500).map(|i| i * 7 * ms / 3))
-            .chain([u64::MAX / 2, 3 * ms]);
-        for end in ends {
-            assert_eq!(w.owned_tick(stripe, end), w.tick(end), "end {end}");
+            .chain([u64::MAX / 4, 3 * ms]);
+        for (i, end) in ends.enumerate() {
+            let at = start + Duration::from_nanos(end);
+            // Claimed, then bounded, then found; the stripe's cache or a division.
+            for owned in [true, true, true, false] {
+                let tick = w.cached_tick(&cache, at, &w.calls[0], owned);
+                assert_eq!(tick, w.tick(end), "end {end}");
+            }
+            if i % 3 == 0 {
+                let at = start + Duration::from_nanos(end / 3);
+                let tick = other.cached_tick(&cache, at, &other.calls[0], true);
+                assert_eq!(tick, other.tick(end / 3), "end {end} in the other window");
+            }
+        }
+        if let Some(before) = start.checked_sub(Duration::from_millis(15)) {
+            for _ in 0..3 {
+                assert_eq!(w.cached_tick(&cache, before, &w.calls[0], true), 0);
+            }
+            assert_eq!(w.cached_tick(&cache, start, &w.calls[0], true), 0);
         }
         // A success counts in the bucket of its own tick.
-        w.record_success(25 * ms, 0);
-        w.record_success(29 * ms, 0);
-        w.record_success(30 * ms, 0);
-        assert_eq!(live_count(&stripe.ring[2], w.tick(25 * ms), 1), 2);
-        assert_eq!(live_count(&stripe.ring[3], w.tick(30 * ms), 1), 1);
+        let at = |n: u64| start + Duration::from_nanos(n);
+        w.record_success(at(25 * ms), 0);
+        w.record_success(at(29 * ms), 0);
+        w.record_success(at(30 * ms), 0);
+        let ring = &w.calls[0].ring;
+        assert_eq!(live_count(&ring[2], w.tick(25 * ms), 1), 2);
+        assert_eq!(live_count(&ring[3], w.tick(30 * ms), 1), 1);
     }
 
     #[test]
     fn time_window_saturates_instead_of_wrapping() {
-        let w = TimeWindow::new(Duration::from_secs(1));
+        let w = TimeWindow::new(Duration::from_secs(1), Instant::now());
         for stripe in w.calls.iter() {
             stripe.ring[0].store(SATURATED, Relaxed);
         }
