@@ -244,31 +244,33 @@ fn tower_resilience_consecutive(
         .layer(inner())
 }
 
-/// tower-resilience: count-based window of 100 calls, 50% failure rate. (In 0.14 its
-/// count-based mode keeps running totals rather than the last 100 outcomes; the
-/// per-call cost is that of plain counters.)
-fn tower_resilience_count_window(
-) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
+/// tower-resilience's count-based window of 100 calls. (In 0.14 its count-based mode
+/// keeps running totals rather than the last 100 outcomes; the per-call cost is that
+/// of plain counters.)
+fn tower_resilience_count_based() -> tower_resilience_circuitbreaker::CircuitBreakerConfigBuilder {
     tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
-        .failure_rate_threshold(0.5)
         .sliding_window_type(tower_resilience_circuitbreaker::SlidingWindowType::CountBased)
         .sliding_window_size(100)
         .wait_duration_in_open(OPEN_FOR)
+}
+
+/// tower-resilience: the count-based window, 50% failure rate.
+fn tower_resilience_count_window(
+) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
+    tower_resilience_count_based()
+        .failure_rate_threshold(0.5)
         .build()
         .expect("valid tower-resilience config")
         .layer(inner())
 }
 
-/// tower-resilience: the count-based window of 100 calls with a slow-call rule (1 s,
-/// 50%), as `steadfast/slow_call`.
+/// tower-resilience: the count-based window with a slow-call rule (1 s, 50%), as
+/// `steadfast/slow_call`.
 fn tower_resilience_slow_call(
 ) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
-    tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+    tower_resilience_count_based()
         .slow_call_duration_threshold(Duration::from_secs(1))
         .slow_call_rate_threshold(0.5)
-        .sliding_window_type(tower_resilience_circuitbreaker::SlidingWindowType::CountBased)
-        .sliding_window_size(100)
-        .wait_duration_in_open(OPEN_FOR)
         .build()
         .expect("valid tower-resilience config")
         .layer(inner())
