@@ -230,9 +230,15 @@ impl TimeWindow {
         stamp(elapsed_nanos / self.width)
     }
 
+    /// `at` in nanoseconds since the breaker's start.
+    #[inline]
+    fn elapsed(&self, at: Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.start))
+    }
+
     /// The tick of `at`.
     pub(crate) fn tick_of(&self, at: Instant) -> u64 {
-        self.tick(nanos(at.saturating_duration_since(self.start)))
+        self.tick(self.elapsed(at))
     }
 
     /// Records one successful call (not slow) that ended at `end`, on the thread in
@@ -267,7 +273,7 @@ impl TimeWindow {
                 return c.tick;
             }
         }
-        let elapsed = nanos(end.saturating_duration_since(self.start));
+        let elapsed = self.elapsed(end);
         let tick = if owned {
             self.owned_tick(stripe, elapsed)
         } else {
