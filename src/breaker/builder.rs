@@ -229,8 +229,9 @@ impl BreakerBuilder {
 
     /// Calls that take longer than `threshold` are slow; trip when slow calls are at
     /// least `rate` of the calls in the window. A slow call still counts as a success
-    /// or failure as classified. This rule reads the clock at the start and end of
-    /// each call.
+    /// or failure as classified, except that a slow half-open trial is a failed one
+    /// (see [`half_open_calls`](Self::half_open_calls)). This rule reads the clock at
+    /// the start and end of each call.
     pub fn slow_calls(mut self, threshold: Duration, rate: f64) -> Self {
         self.slow = Some((threshold, rate));
         self
@@ -246,6 +247,9 @@ impl BreakerBuilder {
 
     /// Trial calls admitted in half-open (default 3, at most 1,000). All must succeed
     /// for the breaker to close; one failure opens it again. Other calls are rejected.
+    /// With a [`slow_calls`](Self::slow_calls) rule, a trial slower than its threshold
+    /// is a failed trial, even if it succeeded: the downstream answers, but not yet as
+    /// the rule asks.
     pub fn half_open_calls(mut self, n: u32) -> Self {
         self.half_open_calls = n;
         self
