@@ -937,3 +937,55 @@ async fn reset_closes_at_once_with_a_fresh_backoff_and_ignores_stale_calls() {
     expect_down(call(&mut svc, 1).await);
     assert_eq!(next_state(&mut rx), State::Open);
 }
+
+// --- printing ----------------------------------------------------------------------------
+
+#[test]
+fn states_print_their_names_and_handles_print_their_breaker() {
+    let all = [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::ForcedOpen,
+        State::ForcedClosed,
+    ];
+    let shown: Vec<String> = all.iter().map(State::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "closed",
+            "open",
+            "half-open",
+            "forced-open",
+            "forced-closed"
+        ]
+    );
+    // Padded like a string, for aligned log lines.
+    assert_eq!(format!("[{:<8}]", State::Open), "[open    ]");
+
+    let breaker = Breaker::new("payments");
+    breaker.force_open();
+    let mut svc = breaker.layer().layer(tower::service_fn(|x: u32| {
+        std::future::ready(Ok::<u32, Down>(x))
+    }));
+    for shown in [
+        format!("{breaker:?}"),
+        format!("{:?}", breaker.layer()),
+        format!("{svc:?}"),
+    ] {
+        assert!(
+            shown.contains("\"payments\"") && shown.contains("ForcedOpen"),
+            "{shown}"
+        );
+    }
+    // A response future says which kind it is; a rejection, its hint.
+    let rejected = format!("{:?}", svc.call(1));
+    assert!(
+        rejected.starts_with("ResponseFuture::Rejected"),
+        "{rejected}"
+    );
+    assert!(rejected.contains("retry_after"), "{rejected}");
+    breaker.reset();
+    let called = format!("{:?}", svc.call(1));
+    assert_eq!(called, "ResponseFuture::Called");
+}
