@@ -16,6 +16,7 @@ pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 ///
 /// let err = Breaker::builder("users").failure_rate(1.5).build().unwrap_err();
 /// assert_eq!(err.field(), "failure_rate");
+/// assert_eq!(err.rule(), "must be in (0, 1], got 1.5");
 /// assert_eq!(err.to_string(), "invalid `failure_rate`: must be in (0, 1], got 1.5");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -255,12 +255,37 @@ mod tests {
     }
 
     #[test]
-    fn thread_slots_are_reused() {
-        let a = std::thread::spawn(thread_slot).join().unwrap();
-        let b = std::thread::spawn(thread_slot).join().unwrap();
-        // The second thread starts after the first exited and may take its slot; with
-        // tests running in parallel another thread may have taken it first.
-        assert!(a != usize::MAX && b != usize::MAX);
-        assert_ne!(thread_slot(), usize::MAX);
+    fn live_threads_hold_distinct_slots() {
+        // Owned stripes are written with plain stores: two live threads must never
+        // share a slot.
+        const THREADS: usize = 32;
+        let barrier = std::sync::Barrier::new(THREADS);
+        let slots: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let slot = thread_slot();
+                        // Every thread holds its slot until all have taken theirs.
+                        barrier.wait();
+                        slot
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let distinct: std::collections::HashSet<_> = slots.iter().collect();
+        assert_eq!(distinct.len(), THREADS, "{slots:?}");
+        assert!(!slots.contains(&usize::MAX), "{slots:?}");
+    }
+
+    #[test]
+    fn an_exited_threads_slot_is_given_back() {
+        // Threads one after another recycle a few slots (other tests' threads may
+        // take some meanwhile); without the hand-back each would take a new one.
+        const THREADS: usize = 200;
+        let slots: std::collections::HashSet<usize> = (0..THREADS)
+            .map(|_| std::thread::spawn(thread_slot).join().unwrap())
+            .collect();
+        assert!(slots.len() < THREADS / 2, "{} distinct slots", slots.len());
     }
 }

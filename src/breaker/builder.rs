@@ -501,7 +501,9 @@ mod tests {
             match builder.build() {
                 Err(e) => {
                     assert_eq!(e.field(), field, "{debug}: {e}");
-                    assert!(e.to_string().contains(field), "{e}");
+                    // The message is the field and the rule, and the rule says something.
+                    assert!(!e.rule().is_empty(), "{e}");
+                    assert_eq!(e.to_string(), format!("invalid `{field}`: {}", e.rule()));
                 }
                 Ok(_) => panic!("accepted: {debug}"),
             }
