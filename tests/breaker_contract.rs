@@ -963,6 +963,12 @@ fn states_print_their_names_and_handles_print_their_breaker() {
     // Padded like a string, for aligned log lines.
     assert_eq!(format!("[{:<8}]", State::Open), "[open    ]");
 
+    let builder = format!("{:?}", Breaker::builder("payments").consecutive_failures(3));
+    assert!(
+        builder.contains("\"payments\"") && builder.contains("consecutive_failures: Some(3)"),
+        "{builder}"
+    );
+
     let breaker = Breaker::new("payments");
     breaker.force_open();
     let mut svc = breaker.layer().layer(tower::service_fn(|x: u32| {
