@@ -337,6 +337,29 @@ mod tests {
     }
 
     #[test]
+    fn the_delays_never_end() {
+        let mut delays = Backoff::exponential(ms(1), ms(2)).iter();
+        assert_eq!(delays.size_hint(), (usize::MAX, None));
+        assert_eq!(delays.nth(10_000), Some(ms(2)));
+        assert_eq!(delays.size_hint(), (usize::MAX, None));
+    }
+
+    #[test]
+    fn every_stream_of_a_seed_is_its_own() {
+        // Whatever the seed's bits (all ones included), the streams' first delays
+        // differ: the stream number is mixed into the seed, not masked by it.
+        for seed in [0, 1, 42, u64::MAX] {
+            let backoff = Backoff::constant(Duration::from_secs(1))
+                .jitter(Jitter::Full)
+                .seed(seed);
+            let firsts: std::collections::HashSet<Duration> = (0..256)
+                .map(|stream| backoff.iter_stream(stream).next().unwrap())
+                .collect();
+            assert_eq!(firsts.len(), 256, "seed {seed}");
+        }
+    }
+
+    #[test]
     fn reset_starts_over() {
         let mut it = Backoff::exponential(ms(1), ms(100)).iter();
         it.by_ref().take(4).for_each(drop);
