@@ -30,7 +30,7 @@ use super::builder::{Config, WindowKind};
 use super::window::{CachePadded, CountWindow, TimeWindow, Totals};
 use super::State;
 use crate::backoff;
-use crate::config::nanos;
+use crate::config::{nanos, nanos_since};
 use crate::stripe::{bump, parallelism, thread_slot, with_local, Local};
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use crate::sync::{Mutex, MutexGuard};
@@ -474,7 +474,7 @@ impl Shared {
     /// `at` in nanoseconds since the breaker's start.
     #[inline]
     fn since_start(&self, at: Instant) -> u64 {
-        nanos(at.saturating_duration_since(self.start))
+        nanos_since(self.start, at)
     }
 
     pub(crate) fn trips(&self) -> u64 {
@@ -907,9 +907,7 @@ impl Shared {
 
     /// A watchdog's estimate of when its probes could close the breaker.
     pub(crate) fn set_watchdog_eta(&self, at: Option<Instant>) {
-        let nanos = at.map_or(0, |at| {
-            nanos(at.saturating_duration_since(self.start)).max(1)
-        });
+        let nanos = at.map_or(0, |at| self.since_start(at).max(1));
         self.watchdog_eta.store(nanos, Release);
     }
 

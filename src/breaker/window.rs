@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::nanos;
+use crate::config::{nanos, nanos_since};
 use crate::stripe::{bump_stamped, live_count, parallelism, stamp, stripe_of, with_local};
 use crate::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
@@ -233,7 +233,7 @@ impl TimeWindow {
     /// `at` in nanoseconds since the breaker's start.
     #[inline]
     fn elapsed(&self, at: Instant) -> u64 {
-        nanos(at.saturating_duration_since(self.start))
+        nanos_since(self.start, at)
     }
 
     /// The tick of `at`.

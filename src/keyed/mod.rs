@@ -100,7 +100,7 @@ use scc::HashIndex;
 use tokio::time::Instant;
 
 use crate::breaker::{Breaker, BreakerBuilder, BreakerLayer, Config, Snapshot, State};
-use crate::config::{check_duration, nanos, ConfigError};
+use crate::config::{check_duration, nanos, nanos_since, ConfigError};
 use crate::watchdog::{Probe, Watchdog, WatchdogBuilder, WatchdogHandle};
 
 mod layer;
@@ -573,7 +573,7 @@ where
     K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
 {
     fn now(&self) -> u64 {
-        nanos(Instant::now().saturating_duration_since(self.start))
+        nanos_since(self.start, Instant::now())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Sweeps> {
