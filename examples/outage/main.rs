@@ -227,7 +227,7 @@ fn incident(args: &Incident, cli: &Cli) -> Result<(), BoxError> {
     let chart = cli.out.join(format!("outage{suffix}.svg"));
     std::fs::write(&phases, report::phases_csv(&figures))?;
     std::fs::write(&timeline, report::timeline_csv(&timelines))?;
-    report::chart(&chart, &script, &timelines).map_err(|e| e.to_string())?;
+    report::chart(&chart, &script, &runs).map_err(|e| e.to_string())?;
     println!("wrote {}", phases.display());
     println!("wrote {}", timeline.display());
     println!("wrote {}", chart.display());
