@@ -122,6 +122,11 @@ impl Backoff {
         self
     }
 
+    /// The seed set with [`seed`](Self::seed), if any.
+    pub(crate) const fn seed_value(&self) -> Option<u64> {
+        self.seed
+    }
+
     /// Fixes the jitter's random sequence: the same seed gives the same delays.
     /// Without it, each iterator draws a fresh random seed.
     pub const fn seed(mut self, seed: u64) -> Self {
@@ -224,7 +229,7 @@ impl Backoff {
 }
 
 /// SplitMix64's finalizer: spreads consecutive stream numbers over unrelated seeds.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

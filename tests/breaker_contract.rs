@@ -995,3 +995,40 @@ fn states_print_their_names_and_handles_print_their_breaker() {
     let called = format!("{:?}", svc.call(1));
     assert_eq!(called, "ResponseFuture::Called");
 }
+
+#[test]
+fn a_breaker_recovers_under_another_clock_than_it_was_built_under() {
+    // Regression (issue 17.7): built on a paused runtime an hour ahead, tripped on a
+    // second runtime whose clock reads earlier than the build: instants before the
+    // build read as zero, so the open delay never ended there.
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let breaker = paused().block_on(async {
+        tokio::time::advance(secs(3_600)).await;
+        Breaker::builder("clocks")
+            .consecutive_failures(1)
+            .open_backoff(Backoff::constant(secs(1)))
+            .half_open_calls(1)
+            .build()
+            .unwrap()
+    });
+    paused().block_on(async {
+        let (mut svc, probe) = guarded(&breaker);
+        probe.set_fail(true);
+        expect_down(call(&mut svc, 1).await);
+        assert_eq!(breaker.state(), State::Open);
+        assert_eq!(breaker.snapshot().retry_after, Some(secs(1)));
+        tokio::time::advance(secs(5)).await;
+        probe.set_fail(false);
+        assert!(
+            call(&mut svc, 2).await.is_ok(),
+            "a trial after the open delay"
+        );
+        assert_eq!(breaker.state(), State::Closed);
+    });
+}

@@ -251,3 +251,47 @@ async fn a_clone_starts_without_the_waiters_state() {
     assert!(matches!(poll(&mut clone, &waker), Poll::Ready(Ok(()))));
     assert!(matches!(poll(&mut svc, &waker), Poll::Ready(Ok(()))));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_half_open_trial_wakes_a_waiting_service_at_once() {
+    // Regression (issue 17.1): the trial's permit was given back without a wake-up,
+    // and the waiting clone stayed pending until the half-open timeout (10 s).
+    let breaker = Breaker::builder("wait")
+        .consecutive_failures(1)
+        .half_open_calls(1)
+        .open_backoff(Backoff::constant(Duration::from_millis(300)))
+        .readiness(Readiness::Wait)
+        .start_open()
+        .build()
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let held = gate.clone();
+    let inner = tower::service_fn(move |_: ()| {
+        let held = held.clone();
+        async move {
+            held.notified().await;
+            Ok::<_, &'static str>(())
+        }
+    });
+    let mut a = BreakerService::new(inner.clone(), breaker.clone());
+    let mut b = BreakerService::new(inner, breaker.clone());
+    advance(Duration::from_millis(310)).await;
+    // A takes the only trial and keeps it in flight.
+    let trial = a.ready().await.unwrap().call(());
+    let trial = tokio::spawn(trial);
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+
+    let count = Arc::new(Count::default());
+    let waker = Waker::from(count.clone());
+    let mut cx = Context::from_waker(&waker);
+    assert!(b.poll_ready(&mut cx).is_pending(), "no permit left");
+    assert_eq!(count.0.load(SeqCst), 0);
+
+    // A's task is aborted 50 ms later: its permit goes back, and B is woken then.
+    advance(Duration::from_millis(50)).await;
+    trial.abort();
+    let _ = trial.await;
+    assert_eq!(count.0.load(SeqCst), 1, "B woken when the permit came back");
+    assert!(matches!(b.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+}

@@ -337,31 +337,192 @@ async fn any_rule_that_holds_opens() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn defaults_trip_after_five_failures_in_a_row() {
+async fn defaults_trip_when_nearly_every_call_of_4s_fails() {
     let breaker = Breaker::new("defaults");
     let (mut svc, _) = guarded(&breaker);
-    calls(&mut svc, 4, || Req::Err).await;
+    // 20 calls are needed before the rate rule judges: 19 failures leave it closed,
+    // and nothing is shed (the first 20 calls never are).
+    assert!(calls(&mut svc, 19, || Req::Err)
+        .await
+        .iter()
+        .all(|seen| *seen == Seen::Failed));
     assert_eq!(breaker.state(), State::Closed);
     call(&mut svc, Req::Err).await;
     assert_eq!(breaker.state(), State::Open);
     // Default open delay: 5 s with equal jitter, so in [2.5 s, 5 s].
     let after = breaker.snapshot().retry_after.unwrap();
     assert!(after >= ms(2500) && after <= secs(5), "{after:?}");
+
+    // 94% failures of the window is below the rule: 1 success, then 16 failures.
+    breaker.reset();
+    call(&mut svc, Req::Ok).await;
+    calls(&mut svc, 18, || Req::Err).await;
+    assert_eq!(breaker.state(), State::Closed, "18 of 19");
+    call(&mut svc, Req::Err).await;
+    assert_eq!(breaker.state(), State::Open, "19 of 20 is 95%");
+
+    // The window is the last 4 s: failures older than that are forgotten.
+    breaker.reset();
+    calls(&mut svc, 19, || Req::Err).await;
+    tokio::time::advance(secs(4)).await;
+    calls(&mut svc, 19, || Req::Err).await;
+    assert_eq!(breaker.state(), State::Closed);
 }
 
 #[tokio::test(start_paused = true)]
-async fn defaults_trip_on_a_half_failing_downstream() {
-    // Alternating failures never make 5 in a row, but reach 50% once 20 calls are in.
+async fn defaults_ride_out_a_30_percent_brownout_without_shedding() {
+    // A brownout at a high call rate: 30% of calls fail, in runs of up to 6 in a row.
+    // The defaults of 0.1 tripped on the first run of 5.
     let breaker = Breaker::new("defaults");
-    let (mut svc, _) = guarded(&breaker);
-    for i in 0..19 {
-        call(&mut svc, if i % 2 == 0 { Req::Err } else { Req::Ok }).await;
+    let (mut svc, reached) = guarded(&breaker);
+    for i in 0..4_000u32 {
+        let fail = matches!(i % 20, 0..=5);
+        let seen = call(&mut svc, if fail { Req::Err } else { Req::Ok }).await;
+        assert!(!matches!(seen, Seen::Rejected(_)), "call {i} rejected");
+        tokio::time::advance(ms(1)).await;
+    }
+    let snap = breaker.snapshot();
+    assert_eq!((snap.state, snap.trips, snap.shed), (State::Closed, 0, 0));
+    assert_eq!(reached.load(Ordering::SeqCst), 4_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn defaults_shed_the_load_an_overloaded_downstream_cannot_take() {
+    let breaker = Breaker::new("defaults");
+    let (mut svc, reached) = guarded(&breaker);
+    // 1,000 calls a second to a downstream that can answer 250 of them (25 per 100 ms;
+    // the rest fail): at 75% failures, below the 95% rule. The throttle lets through
+    // about k = 2 times what succeeds, and sheds the rest.
+    let (mut shed, mut in_bucket) = (0u32, 0u32);
+    let mut sent_late = 0u32;
+    for i in 0..12_000u32 {
+        if i % 100 == 0 {
+            in_bucket = 0;
+        }
+        let before = reached.load(Ordering::SeqCst);
+        let req = if in_bucket < 25 { Req::Ok } else { Req::Err };
+        match call(&mut svc, req).await {
+            // A shed call's hint: a tenth of the 4 s window.
+            Seen::Rejected(Some(hint)) if hint == ms(400) => shed += 1,
+            Seen::Rejected(hint) => panic!("call {i}: open, hint {hint:?}"),
+            _ => {}
+        }
+        if reached.load(Ordering::SeqCst) > before {
+            in_bucket += 1;
+            if i >= 8_000 {
+                sent_late += 1;
+            }
+        }
+        tokio::time::advance(ms(1)).await;
+    }
+    let snap = breaker.snapshot();
+    assert_eq!((snap.state, snap.trips), (State::Closed, 0));
+    assert_eq!(
+        (snap.shed, snap.rejected),
+        (u64::from(shed), u64::from(shed))
+    );
+    // In the last 4 s, one full window after the ramp: about 2 x 250 calls a second
+    // reach the downstream (plus the 20 never shed per window), not 1,000.
+    let per_sec = f64::from(sent_late) / 4.0;
+    assert!((450.0..=560.0).contains(&per_sec), "{per_sec} calls/s sent");
+
+    // The downstream recovers: within a window nothing is shed any more.
+    for _ in 0..4_000 {
+        call(&mut svc, Req::Ok).await;
+        tokio::time::advance(ms(1)).await;
+    }
+    let before = breaker.snapshot().shed;
+    for _ in 0..1_000 {
+        assert_eq!(call(&mut svc, Req::Ok).await, Seen::Ok);
+        tokio::time::advance(ms(1)).await;
+    }
+    assert_eq!(breaker.snapshot().shed, before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn defaults_shed_to_a_trickle_when_most_calls_fail_whatever_the_load() {
+    // The documented cost of throttling: failures that do not come from load (3 in 4
+    // whatever is sent) look like an overload that never eases, and the throttle
+    // shrinks the calls sent to about what `min_calls` and twice the successes allow.
+    let breaker = Breaker::new("defaults");
+    let (mut svc, reached) = guarded(&breaker);
+    let mut sent_late = 0;
+    for i in 0..12_000u32 {
+        let before = reached.load(Ordering::SeqCst);
+        call(&mut svc, if i % 4 == 0 { Req::Ok } else { Req::Err }).await;
+        if i >= 8_000 && reached.load(Ordering::SeqCst) > before {
+            sent_late += 1;
+        }
+        tokio::time::advance(ms(1)).await;
     }
     assert_eq!(breaker.state(), State::Closed);
-    call(&mut svc, Req::Ok).await; // 20 calls, 10 failures: but a success never trips
+    // Sent S per 4 s window with S <= 2 (S / 4) + 20: about 40, against 4,000 offered.
+    assert!((10..=120).contains(&sent_late), "{sent_late} sent in 4 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shed_call_is_an_open_rejection_marked_shed() {
+    use steadfast::breaker::error::Open;
+    use tower::{Service, ServiceExt};
+    let breaker = Breaker::builder("throttled")
+        .consecutive_failures(1_000)
+        .adaptive_throttling(1.0)
+        .min_calls(1)
+        .build()
+        .unwrap();
+    let (mut svc, _) = guarded(&breaker);
+    calls(&mut svc, 50, || Req::Err).await;
+    // p = (50 - 0 - 1) / 51: nearly every call is shed now.
+    let mut found = None;
+    for _ in 0..50 {
+        let result = svc.ready().await.unwrap().call(Req::Err).await;
+        if let Err(e) = result {
+            if let Some(open) = e.downcast_ref::<Open>() {
+                found = Some(open.clone());
+                break;
+            }
+        }
+    }
+    let open = found.expect("a call was shed");
+    assert!(open.is_shed());
+    assert_eq!(
+        open.retry_after(),
+        Some(ms(400)),
+        "a tenth of the 4 s window"
+    );
+    assert_eq!(open.breaker(), "throttled");
+    assert_eq!(
+        open.to_string(),
+        "circuit breaker `throttled` shed the call"
+    );
     assert_eq!(breaker.state(), State::Closed);
-    call(&mut svc, Req::Err).await; // 11 of 21
-    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_request_with_default_retries_cannot_trip_the_default_breaker() {
+    use steadfast::retry::{RetryLayer, RetryPolicy};
+    use tower::{Layer, Service, ServiceExt};
+    // Each attempt is a breaker call: 3 attempts are 3 failed calls, and the default
+    // rule needs 20 calls in its window.
+    let breaker = Breaker::new("defaults");
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    let inner = tower::service_fn(move |_: u32| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>("refused") }
+    });
+    let mut svc = RetryLayer::new(RetryPolicy::new())
+        .unwrap()
+        .layer(breaker.layer().layer(inner));
+    let result = svc.ready().await.unwrap().call(7).await;
+    assert!(result.is_err());
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        3,
+        "every attempt called through"
+    );
+    assert_eq!(breaker.snapshot().failures, 3);
+    assert_eq!(breaker.state(), State::Closed);
 }
 
 #[tokio::test(start_paused = true)]

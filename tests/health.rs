@@ -267,8 +267,8 @@ async fn the_snapshot_serializes_to_the_health_route_json() {
     let figures = |name: &str, state: &str| {
         json!({
             "name": name, "state": state, "calls": 0, "successes": 0, "failures": 0,
-            "ignored": 0, "slow": 0, "rejected": 0, "trips": 0,
-            "failure_rate": null, "retry_after": null,
+            "ignored": 0, "slow": 0, "rejected": 0, "shed": 0, "trips": 0,
+            "failure_rate": null, "retry_after_ms": null,
         })
     };
     let mut cache_figures = figures("cache", "open");
@@ -278,7 +278,7 @@ async fn the_snapshot_serializes_to_the_health_route_json() {
         ("rejected", json!(1)),
         ("trips", json!(1)),
         ("failure_rate", json!(1.0)),
-        ("retry_after", json!({ "secs": 3, "nanos": 500_000_000 })),
+        ("retry_after_ms", json!(3_500)),
     ] {
         cache_figures[key] = value;
     }
@@ -316,7 +316,7 @@ async fn the_snapshot_serializes_to_the_health_route_json() {
         json!("half-open")
     );
     assert_eq!(
-        value["dependencies"][1]["breaker"]["retry_after"],
+        value["dependencies"][1]["breaker"]["retry_after_ms"],
         json!(null)
     );
     // The snapshot's state alone also serializes in kebab case.

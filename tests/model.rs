@@ -205,12 +205,14 @@ fn shape() -> impl Strategy<Value = Shape> {
             slow: None,
             window: Some(w),
         }),
-        // No rule: the defaults, maybe with a window adjusting them.
-        proptest::option::of(any_window()).prop_map(|w| Shape {
+        // No rule: the defaults adjusted by a count window (95% of the window; no
+        // throttling, which needs a time window). The defaults' adaptive throttling
+        // draws at random; tests/breaker_rules.rs covers it.
+        count_window().prop_map(|w| Shape {
             consecutive: None,
             rate: None,
             slow: None,
-            window: w,
+            window: Some(w),
         }),
     ]
 }
@@ -361,14 +363,15 @@ struct Model {
 
 impl Model {
     fn new(r: &Rules) -> Self {
-        // Documented defaults: with no trip rule, 5 failures in a row or 50% over the
-        // last 100 calls once 20 are in; any rule replaces both; min_calls defaults to
-        // 20, or the count window's size if smaller.
+        // Documented defaults: with no trip rule, 95% failures of the window once 20
+        // calls are in (the model only meets them adjusted by a count window, which
+        // does not throttle); any rule replaces them; min_calls defaults to 20, or the
+        // count window's size if smaller.
         let explicit = r.consecutive.is_some() || r.rate.is_some() || r.slow.is_some();
         let (consecutive_rule, rate_rule) = if explicit {
             (r.consecutive, r.rate)
         } else {
-            (Some(5), Some(0.5))
+            (None, Some(0.95))
         };
         let window =
             (rate_rule.is_some() || r.slow.is_some()).then(|| r.window.unwrap_or(Win::Count(100)));
@@ -468,7 +471,10 @@ impl Model {
                 State::ForcedOpen => Admit::Reject(None),
                 State::Open => {
                     if self.now < self.open_until {
-                        Admit::Reject(Some(Duration::from_nanos(self.open_until - self.now)))
+                        Admit::Reject(Some(
+                            Duration::from_nanos(self.open_until - self.now)
+                                .max(Duration::from_millis(1)),
+                        ))
                     } else {
                         // The first call after the open delay moves it to half-open.
                         self.transition(State::HalfOpen);
@@ -788,8 +794,11 @@ fn compare(
         .filter(|t| t.0 > 0)
         .map(|(n, f, _)| f as f64 / n as f64);
     prop_assert_eq!(snap.failure_rate, rate, "{}: failure_rate", at);
-    let retry_after = (model.state == State::Open)
-        .then(|| Duration::from_nanos(model.open_until.saturating_sub(model.now)));
+    // Never zero while open: at least 1 ms.
+    let retry_after = (model.state == State::Open).then(|| {
+        Duration::from_nanos(model.open_until.saturating_sub(model.now))
+            .max(Duration::from_millis(1))
+    });
     prop_assert_eq!(snap.retry_after, retry_after, "{}: retry_after", at);
     prop_assert_eq!(
         watch.has_changed().unwrap(),

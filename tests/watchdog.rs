@@ -317,20 +317,23 @@ async fn a_minute_of_traffic_never_reaches_a_dead_downstream_while_probes_back_o
             assert_eq!(*states.borrow_and_update(), State::Open);
         } else {
             // Rejected. With the watchdog owning recovery, the hint is not the open
-            // delay (5 s) but the watchdog's estimate: its next probe, plus one
-            // interval for the second pass `healthy_threshold` (2) asks for. Probes run
-            // at 1.2, 2.2, 4.2, 8.2, 16.2, 32.2, 48.2 and 64.2 s; at a probe's own
-            // instant the probe may or may not have run before this call.
+            // delay (5 s) but the time to the watchdog's next probe. Probes run at 1.2,
+            // 2.2, 4.2, 8.2, 16.2, 32.2, 48.2 and 64.2 s; at a probe's own instant the
+            // probe may not have run yet (its time: 1 ms, the least hint), be running
+            // (to the end of its 500 ms timeout), or be done (the next one).
             let probes_at = [1_200, 2_200, 4_200, 8_200, 16_200, 32_200, 48_200, 64_200].map(ms);
             let Seen::Rejected(Some(after)) = seen else {
                 panic!("at {now:?}: {seen:?}");
             };
             let next = probes_at.iter().position(|p| *p >= now).unwrap();
-            let allowed: Vec<_> = probes_at[next..]
+            let mut allowed: Vec<_> = probes_at[next..]
                 .iter()
                 .take(if probes_at[next] == now { 2 } else { 1 })
-                .map(|p| *p + secs(1) - now)
+                .map(|p| (*p - now).max(ms(1)))
                 .collect();
+            if probes_at[next] == now {
+                allowed.push(ms(500));
+            }
             assert!(
                 allowed.contains(&after),
                 "at {now:?}: {after:?} not in {allowed:?}"
@@ -803,13 +806,15 @@ async fn a_breaker_booted_open_stays_shut_while_down_and_closes_once_up() {
         if now == secs(5) {
             ds.set_up(true);
         }
-        // The hint is the watchdog's estimate, not the open delay (1 s): the next
-        // probe plus an interval for the second pass, or the next pass itself once
-        // one has passed (at 6 s).
+        // The hint is the time to the watchdog's next probe, not the open delay (1 s):
+        // probes at 2 and 4 (failed ones, 2 s apart), at 6, and at 7 for the second
+        // pass.
         let eta = if now < secs(2) {
-            secs(3)
+            secs(2)
         } else if now < secs(4) {
-            secs(5)
+            secs(4)
+        } else if now < secs(6) {
+            secs(6)
         } else {
             secs(7)
         };
@@ -1082,8 +1087,14 @@ fn bad_settings_are_config_errors_naming_the_field() {
         (b().interval(day + ms(1)), "interval"),
         (b().timeout(Duration::ZERO), "timeout"),
         (b().timeout(day * 2), "timeout"),
+        (b().interval(Duration::from_nanos(999_999)), "interval"),
         (b().healthy_threshold(0), "healthy_threshold"),
+        (b().healthy_threshold(1_001), "healthy_threshold"),
+        (b().healthy_threshold(u32::MAX), "healthy_threshold"),
         (b().unhealthy_threshold(0), "unhealthy_threshold"),
+        (b().unhealthy_threshold(1_001), "unhealthy_threshold"),
+        (b().probe_while_closed(Duration::from_nanos(1)), "probe_while_closed"),
+        (b().backoff(Backoff::constant(Duration::from_nanos(1))), "backoff"),
         (b().probe_while_closed(Duration::ZERO), "probe_while_closed"),
         (b().probe_while_closed(day * 2), "probe_while_closed"),
         (b().max_trips(0, secs(60)), "max_trips"),
@@ -1108,10 +1119,12 @@ fn bad_settings_are_config_errors_naming_the_field() {
     }
     // Edges are accepted.
     for builder in [
-        b().interval(Duration::from_nanos(1)),
+        b().interval(ms(1)),
         b().interval(day),
         b().timeout(day),
         b().healthy_threshold(1).unhealthy_threshold(1),
+        b().healthy_threshold(1_000).unhealthy_threshold(1_000),
+        b().probe_while_closed(ms(1)),
         b().max_trips(1, day),
         b().backoff(Backoff::constant(day)),
         b().backoff(exp(ms(5), ms(5))),
@@ -1200,4 +1213,176 @@ async fn escalation_clears_after_staying_forced_closed_for_the_window() {
     assert!(!breaker.is_escalated());
     assert!(!watchdog.is_escalated());
     watchdog.shutdown().await;
+}
+
+// --- defaults, bounds and runtimes ----------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn with_only_an_interval_set_the_first_probe_after_any_outage_comes_within_it() {
+    // Issue 16: the default failed-probe spacing grew to 60 s, so after a long outage
+    // the first probe after the downstream's return could come a minute late. Now it
+    // follows the interval (equal jitter: half of it to all of it).
+    for outage in [secs(30), secs(600)] {
+        let breaker = Breaker::builder("defaults").start_open().build().unwrap();
+        let ds = Downstream::down();
+        let probes = Probes::new();
+        let t0 = probes.t0;
+        let watchdog = Watchdog::builder(&breaker, probes.of(&ds))
+            .interval(ms(500))
+            .spawn()
+            .unwrap();
+        let mut states = breaker.subscribe();
+        sleep_until(t0 + outage).await;
+        assert_eq!(breaker.state(), State::Open);
+        // The load on the dead downstream: one probe per 250 to 500 ms.
+        let gaps = gaps(&probes.times());
+        assert!(
+            gaps.iter().all(|g| *g >= ms(250) && *g <= ms(500)),
+            "{gaps:?}"
+        );
+        ds.set_up(true);
+        reach(&mut states, State::Closed).await;
+        let recovered = t0.elapsed() - outage;
+        assert!(
+            recovered <= ms(500),
+            "{outage:?} down: closed {recovered:?} after"
+        );
+        // A rejection's hint was the time to the next probe, never more than that.
+        watchdog.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_the_time_to_the_next_probe_and_never_over_a_day() {
+    // Regression (issue 17.6): the hint added an interval per further pass needed, so a
+    // 12 h interval and `healthy_threshold(5)` gave "172859" s, and `u32::MAX` passes
+    // 584 years. Now it is the time to the next probe (a running probe: to its
+    // timeout), at most a day; thresholds above 1,000 are a ConfigError.
+    let breaker = Breaker::builder("hint").start_open().build().unwrap();
+    let hang = || std::future::pending::<Result<(), &'static str>>();
+    let watchdog = Watchdog::builder(&breaker, hang)
+        .interval(secs(43_200))
+        .timeout(secs(86_400))
+        .healthy_threshold(5)
+        .spawn()
+        .unwrap();
+    settle().await;
+    // The boot probe runs (and hangs): the answer comes by its timeout, a day away.
+    assert_eq!(breaker.snapshot().retry_after, Some(secs(86_400)));
+    sleep(secs(86_400) + ms(1)).await;
+    // It timed out: the next probe is 6 to 12 h away (the interval, equal jitter).
+    let hint = breaker.snapshot().retry_after.unwrap();
+    assert!(
+        hint >= secs(21_600) - ms(1) && hint <= secs(43_200),
+        "{hint:?}"
+    );
+    watchdog.shutdown().await;
+    assert!(Watchdog::builder(&breaker, ok_probe())
+        .healthy_threshold(u32::MAX)
+        .pair()
+        .is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn tiny_periods_never_starve_the_runtime() {
+    // Regression (issue 17.2): any period from 1 ns was accepted, and with a probe that
+    // answers at once the loop never awaited anything pending: 100,000 probes in
+    // 300 ms and a 10 ms ticker on the same runtime ticked once. Periods under 1 ms are
+    // now a ConfigError; at 1 ms, probes come at most once a millisecond and the
+    // runtime's other tasks run between them.
+    let breaker = Breaker::new("busy");
+    let count = Arc::new(AtomicUsize::new(0));
+    let probe = {
+        let count = count.clone();
+        move || {
+            count.fetch_add(1, SeqCst);
+            std::future::ready(Ok::<(), &'static str>(()))
+        }
+    };
+    let closed = Watchdog::builder(&breaker, probe)
+        .probe_while_closed(ms(1))
+        .spawn()
+        .unwrap();
+    // And an open breaker whose failing probe is spaced by a jittered 1 ms backoff
+    // (Full jitter can draw near zero).
+    let open = Breaker::builder("busy-open").start_open().build().unwrap();
+    let failed = Arc::new(AtomicUsize::new(0));
+    let probe = {
+        let failed = failed.clone();
+        move || {
+            failed.fetch_add(1, SeqCst);
+            std::future::ready(Err::<(), &'static str>("down"))
+        }
+    };
+    let opened = Watchdog::builder(&open, probe)
+        .backoff(Backoff::constant(ms(1)).jitter(Jitter::Full))
+        .spawn()
+        .unwrap();
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            let mut interval = tokio::time::interval(ms(10));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                ticks.fetch_add(1, SeqCst);
+            }
+        }
+    });
+    // On a current-thread runtime: this sleep returns only if the watchdogs yield.
+    sleep(ms(300)).await;
+    let (probes, failed, ticks) = (count.load(SeqCst), failed.load(SeqCst), ticks.load(SeqCst));
+    assert!(
+        probes <= 302,
+        "{probes} probes of a closed breaker in 300 ms"
+    );
+    assert!(failed <= 302, "{failed} failed probes in 300 ms");
+    assert!(ticks >= 29, "the ticker ticked {ticks} times in 300 ms");
+    ticker.abort();
+    closed.shutdown().await;
+    opened.shutdown().await;
+}
+
+#[test]
+fn a_worker_polled_outside_tokio_ends_at_once_and_detaches() {
+    // Regression (issue 17.4): `pair` says the worker runs "on an executor of your
+    // choice", but it used tokio's timers and panicked elsewhere.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let breaker = rt.block_on(async {
+        Breaker::builder("elsewhere")
+            .consecutive_failures(1)
+            .open_backoff(Backoff::constant(ms(1)))
+            .half_open_calls(1)
+            .start_open()
+            .build()
+            .unwrap()
+    });
+    let (handle, worker) = Watchdog::builder(&breaker, ok_probe()).pair().unwrap();
+    let mut worker = std::pin::pin!(worker);
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Noop));
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(
+        worker.as_mut().poll(&mut cx).is_ready(),
+        "ended, not panicked"
+    );
+    assert!(worker.as_mut().poll(&mut cx).is_ready(), "and stays ended");
+    assert!(!handle.is_escalated());
+    // Detached: the breaker recovers on its own timer again (1 ms open delay).
+    rt.block_on(async {
+        tokio::time::advance(ms(5)).await;
+        let mut svc = breaker.layer().layer(tower::service_fn(|_: ()| async {
+            Ok::<_, &'static str>(())
+        }));
+        assert!(svc.ready().await.unwrap().call(()).await.is_ok());
+        assert_eq!(breaker.state(), State::Closed);
+    });
 }

@@ -10,11 +10,16 @@ use crate::config::{check_duration, check_rate, ConfigError};
 
 use super::Breaker;
 
-/// The consecutive-failure threshold used when no trip rule is set.
+/// The consecutive-failure threshold of the defaults before 0.2: no longer a default
+/// (at a high call rate, a brownout that fails 30% of calls makes runs of 5 failures
+/// in a row several times a second).
+#[deprecated(note = "no longer part of the defaults; see `BreakerBuilder`'s `# Defaults`")]
 pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
-/// The failure rate used when no trip rule is set.
-pub const DEFAULT_FAILURE_RATE: f64 = 0.5;
-/// The count window used by a rate rule when no window is set.
+/// The failure rate at which a breaker with no trip rule set opens: nearly every call
+/// of its window failed (a dead downstream; partial failure is left to adaptive
+/// throttling).
+pub const DEFAULT_FAILURE_RATE: f64 = 0.95;
+/// The count window of a rate rule set with no window.
 pub const DEFAULT_COUNT_WINDOW: u32 = 100;
 /// The minimum number of calls in the window before a rate rule applies.
 pub const DEFAULT_MIN_CALLS: u32 = 20;
@@ -23,10 +28,17 @@ pub const DEFAULT_HALF_OPEN_CALLS: u32 = 3;
 /// How long a half-open trial call may run before it counts as a failure.
 pub const DEFAULT_HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default open duration: 5 s, doubling on each trip in a row up to 60 s, with
-/// [`Jitter::Equal`] (each delay in `[d / 2, d]`).
+/// [`Jitter::Equal`] (each delay in `[d / 2, d]`). Unused while a watchdog owns
+/// recovery.
 pub const DEFAULT_OPEN_BACKOFF: Backoff =
     Backoff::exponential(Duration::from_secs(5), Duration::from_secs(60)).jitter(Jitter::Equal);
 
+/// The time window of a breaker with no trip rule set, and of adaptive throttling set
+/// without a window.
+const DEFAULT_TIME_WINDOW: Duration = Duration::from_secs(4);
+/// Adaptive throttling's multiplier in the defaults.
+const DEFAULT_THROTTLE: f64 = 2.0;
+const MAX_THROTTLE: f64 = 100.0;
 const MAX_COUNT_WINDOW: u32 = 100_000;
 const MAX_HALF_OPEN_CALLS: u32 = 1_000;
 const MIN_TIME_WINDOW: Duration = Duration::from_millis(10);
@@ -77,14 +89,16 @@ pub(crate) struct Config {
     pub(crate) half_open_timeout: Duration,
     pub(crate) start_open: bool,
     pub(crate) readiness: Readiness,
+    /// Adaptive throttling's multiplier `k`; its window is `rates`' time window.
+    pub(crate) throttle: Option<f64>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            consecutive: Some(DEFAULT_CONSECUTIVE_FAILURES),
+            consecutive: None,
             rates: Some(RateRules {
-                window: WindowKind::Count(DEFAULT_COUNT_WINDOW),
+                window: WindowKind::Time(DEFAULT_TIME_WINDOW),
                 min_calls: DEFAULT_MIN_CALLS,
                 failure_rate: Some(DEFAULT_FAILURE_RATE),
                 slow: None,
@@ -94,6 +108,7 @@ impl Default for Config {
             half_open_timeout: DEFAULT_HALF_OPEN_TIMEOUT,
             start_open: false,
             readiness: Readiness::FailFast,
+            throttle: Some(DEFAULT_THROTTLE),
         }
     }
 }
@@ -115,9 +130,34 @@ impl Default for Config {
 /// it holds at least [`min_calls`](Self::min_calls). Rules are checked when a call
 /// fails or is slow: a fast success never opens the breaker.
 ///
-/// **Defaults.** With no trip rule set, a breaker trips after 5 consecutive failures or
-/// at a 50% failure rate over the last 100 calls (once 20 are in). Setting any trip
-/// rule replaces both defaults; the window settings alone only adjust them.
+/// # Defaults
+///
+/// With no trip rule set, a breaker is made for an incident at any call rate:
+///
+/// - it opens when at least 95% of the calls of the last 4 s failed, once 20 calls are
+///   in (a dead downstream; with a [watchdog](crate::watchdog), which then owns
+///   recovery);
+/// - below that it sheds load in proportion to the failures, with
+///   [`adaptive_throttling(2.0)`](Self::adaptive_throttling) over the same window: a
+///   brownout's accepted load keeps flowing, the excess is rejected fast;
+/// - open delays: 5 s doubling to 60 s, equal jitter (unused under a watchdog);
+///   half-open: 3 trials, each given 10 s.
+///
+/// Setting any trip rule replaces the 95% rule and the throttling (set
+/// [`adaptive_throttling`](Self::adaptive_throttling) again to keep it); a window
+/// setting alone adjusts the defaults (with a count window, which has no time to
+/// throttle over, the defaults do not throttle). A rate rule set with no window counts
+/// the last 100 calls, once 20 are in.
+///
+/// The defaults need about 5 calls a second to judge (20 calls in 4 s), as rate rules
+/// with a minimum do elsewhere; a downstream called less often than that is better
+/// watched with [`consecutive_failures`](Self::consecutive_failures) or a watchdog's
+/// [`probe_while_closed`](crate::watchdog::WatchdogBuilder::probe_while_closed).
+///
+/// Each call counts once: under a [retry](crate::retry) layer, each attempt is a call
+/// of the breaker, so one request with 3 attempts adds 3 calls (and with
+/// `consecutive_failures(3)`, can trip the breaker alone). With the defaults of both,
+/// one request cannot: it makes at most 3 calls, and the rule needs 20.
 ///
 /// ```
 /// use std::time::Duration;
@@ -149,6 +189,7 @@ pub struct BreakerBuilder {
     half_open_timeout: Duration,
     start_open: bool,
     readiness: Readiness,
+    throttle: Option<f64>,
 }
 
 impl fmt::Debug for BreakerBuilder {
@@ -166,6 +207,7 @@ impl fmt::Debug for BreakerBuilder {
             .field("half_open_timeout", &self.half_open_timeout)
             .field("start_open", &self.start_open)
             .field("readiness", &self.readiness)
+            .field("adaptive_throttling", &self.throttle)
             .finish()
     }
 }
@@ -185,6 +227,7 @@ impl BreakerBuilder {
             half_open_timeout: DEFAULT_HALF_OPEN_TIMEOUT,
             start_open: false,
             readiness: Readiness::FailFast,
+            throttle: None,
         }
     }
 
@@ -240,6 +283,10 @@ impl BreakerBuilder {
     /// How long the breaker stays open: the `n`th delay for the `n`th trip in a row
     /// (default [`DEFAULT_OPEN_BACKOFF`]: 5 s doubling to 60 s, equal jitter). The
     /// count of trips in a row resets when the breaker closes.
+    ///
+    /// While a [watchdog](crate::watchdog) is attached, it owns recovery and this
+    /// backoff is not used: the breaker stays open until the watchdog's probes pass,
+    /// on the watchdog's schedule. It applies again if the watchdog ends.
     pub fn open_backoff(mut self, backoff: Backoff) -> Self {
         self.open_backoff = backoff;
         self
@@ -287,6 +334,47 @@ impl BreakerBuilder {
     /// ```
     pub fn readiness(mut self, readiness: Readiness) -> Self {
         self.readiness = readiness;
+        self
+    }
+
+    /// Sheds calls in proportion to how many fail: client-side adaptive throttling, as
+    /// in the Google SRE book ("Handling Overload"). Over the breaker's time window, a
+    /// call is rejected with probability
+    /// `max(0, (requests - k * accepts - min_calls) / (requests + 1))`, where
+    /// `requests` counts every call, shed ones included, and `accepts` the successes.
+    /// While at least `1 / k` of the calls succeed nothing is shed; past that, calls
+    /// go through at about `k` times the rate the downstream answers well, and the
+    /// rest fail fast. It keeps a brownout's accepted load flowing where opening the
+    /// breaker would cut it all, while the trip rules still open the breaker for a
+    /// dead downstream.
+    ///
+    /// `k` is at least 1 and at most 100: 2 is the book's choice (and the
+    /// default's); nearer 1 sheds sooner. The window is the
+    /// [`time_window`](Self::time_window) (4 s if none is set); `min_calls` calls are
+    /// never shed. A shed call is an [`Open`](super::error::Open) rejection with
+    /// [`is_shed`](super::error::Open::is_shed) true, handled as any other: never
+    /// retried, a 503, counted in `Snapshot::rejected` and `Snapshot::shed`.
+    ///
+    /// It assumes failures mean overload. A downstream that fails more than `1 / k` of
+    /// the calls whatever the load (a broken shard, a bad deploy) is shed to a trickle;
+    /// without throttling those calls would still have succeeded at that rate.
+    ///
+    /// Costs nothing while nothing is shed, beyond the time window's clock read.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use steadfast::breaker::Breaker;
+    ///
+    /// let breaker = Breaker::builder("search")
+    ///     .failure_rate(0.9)
+    ///     .time_window(Duration::from_secs(5))
+    ///     .adaptive_throttling(2.0)
+    ///     .build()?;
+    /// # let _ = breaker;
+    /// # Ok::<(), steadfast::ConfigError>(())
+    /// ```
+    pub fn adaptive_throttling(mut self, k: f64) -> Self {
+        self.throttle = Some(k);
         self
     }
 
@@ -362,20 +450,39 @@ impl BreakerBuilder {
         check_duration("half_open_timeout", self.half_open_timeout)?;
         self.open_backoff.validate("open_backoff", false)?;
 
+        if let Some(k) = self.throttle {
+            if !(1.0..=MAX_THROTTLE).contains(&k) {
+                return Err(ConfigError::new(
+                    "adaptive_throttling",
+                    format!("must be in [1, {MAX_THROTTLE}], got {k}"),
+                ));
+            }
+            if self.count_window.is_some() {
+                return Err(ConfigError::new(
+                    "adaptive_throttling",
+                    "needs a time window, not count_window: set time_window or no window",
+                ));
+            }
+        }
+
         let explicit =
             self.consecutive.is_some() || self.failure_rate.is_some() || self.slow.is_some();
-        let (consecutive, failure_rate) = if explicit {
-            (self.consecutive, self.failure_rate)
+        let (consecutive, failure_rate, throttle) = if explicit {
+            (self.consecutive, self.failure_rate, self.throttle)
         } else {
-            (
-                Some(DEFAULT_CONSECUTIVE_FAILURES),
-                Some(DEFAULT_FAILURE_RATE),
-            )
+            // The defaults throttle over a time window; a count window has no time.
+            let throttle = match self.count_window {
+                Some(_) => None,
+                None => self.throttle.or(Some(DEFAULT_THROTTLE)),
+            };
+            (None, Some(DEFAULT_FAILURE_RATE), throttle)
         };
-        let rates = if failure_rate.is_some() || self.slow.is_some() {
-            let window = match self.time_window {
-                Some(t) => WindowKind::Time(t),
-                None => WindowKind::Count(self.count_window.unwrap_or(DEFAULT_COUNT_WINDOW)),
+        let rates = if failure_rate.is_some() || self.slow.is_some() || throttle.is_some() {
+            let window = match (self.time_window, self.count_window) {
+                (Some(t), _) => WindowKind::Time(t),
+                (None, Some(n)) => WindowKind::Count(n),
+                (None, None) if throttle.is_some() => WindowKind::Time(DEFAULT_TIME_WINDOW),
+                (None, None) => WindowKind::Count(DEFAULT_COUNT_WINDOW),
             };
             let min_calls = match (self.min_calls, window) {
                 (Some(m), WindowKind::Count(n)) if m > n => {
@@ -403,7 +510,7 @@ impl BreakerBuilder {
             if let Some((field, _)) = unused.iter().find(|(_, set)| *set) {
                 return Err(ConfigError::new(
                     field,
-                    "has no effect without failure_rate or slow_calls",
+                    "has no effect without failure_rate, slow_calls or adaptive_throttling",
                 ));
             }
             None
@@ -416,6 +523,7 @@ impl BreakerBuilder {
             half_open_timeout: self.half_open_timeout,
             start_open: self.start_open,
             readiness: self.readiness,
+            throttle,
         })
     }
 }
@@ -436,9 +544,35 @@ mod tests {
     #[test]
     fn window_settings_alone_adjust_the_defaults() {
         let c = b().count_window(10).config().unwrap();
-        assert_eq!(c.consecutive, Some(DEFAULT_CONSECUTIVE_FAILURES));
+        assert_eq!((c.consecutive, c.throttle), (None, None));
         let r = c.rates.unwrap();
         assert_eq!((r.window, r.min_calls), (WindowKind::Count(10), 10));
+        assert_eq!(r.failure_rate, Some(DEFAULT_FAILURE_RATE));
+        let c = b().time_window(Duration::from_secs(9)).config().unwrap();
+        assert_eq!(c.throttle, Some(DEFAULT_THROTTLE));
+        let r = c.rates.unwrap();
+        assert_eq!(r.window, WindowKind::Time(Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn adaptive_throttling_keeps_its_window() {
+        // With an explicit rule the defaults go, throttling included, unless set again.
+        let c = b().consecutive_failures(3).config().unwrap();
+        assert_eq!((c.throttle, c.rates), (None, None));
+        let c = b()
+            .consecutive_failures(3)
+            .adaptive_throttling(1.5)
+            .config()
+            .unwrap();
+        assert_eq!(c.throttle, Some(1.5));
+        let r = c.rates.unwrap();
+        assert_eq!(r.window, WindowKind::Time(DEFAULT_TIME_WINDOW));
+        assert_eq!((r.failure_rate, r.slow), (None, None));
+        let c = b().failure_rate(0.5).config().unwrap();
+        assert_eq!(
+            c.rates.unwrap().window,
+            WindowKind::Count(DEFAULT_COUNT_WINDOW)
+        );
     }
 
     #[test]
@@ -495,6 +629,10 @@ mod tests {
             (b().open_backoff(exp(ms(1), ms(5)).factor(f64::NAN)), "open_backoff"),
             (b().open_backoff(Backoff::constant(Duration::ZERO)), "open_backoff"),
             (b().open_backoff(Backoff::constant(day * 2)), "open_backoff"),
+            (b().adaptive_throttling(0.99), "adaptive_throttling"),
+            (b().adaptive_throttling(100.5), "adaptive_throttling"),
+            (b().adaptive_throttling(f64::NAN), "adaptive_throttling"),
+            (b().adaptive_throttling(2.0).count_window(10), "adaptive_throttling"),
         ];
         for (builder, field) in cases {
             let debug = format!("{builder:?}");

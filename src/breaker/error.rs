@@ -23,6 +23,7 @@ use std::time::Duration;
 pub struct Open {
     breaker: Arc<str>,
     retry_after: Option<Duration>,
+    shed: bool,
 }
 
 impl Open {
@@ -30,6 +31,16 @@ impl Open {
         Self {
             breaker,
             retry_after,
+            shed: false,
+        }
+    }
+
+    /// A call shed by adaptive throttling.
+    pub(crate) fn shed(breaker: Arc<str>, retry_after: Option<Duration>) -> Self {
+        Self {
+            breaker,
+            retry_after,
+            shed: true,
         }
     }
 
@@ -38,17 +49,38 @@ impl Open {
         &self.breaker
     }
 
-    /// How long until the breaker lets a trial call through: the rest of its open
-    /// delay, or under a watchdog, its estimate of when passing probes could close the
-    /// breaker. `None` when that is unknown: forced open, or half-open with every
-    /// trial taken (try again soon).
+    /// When a call could next go through. The one rule, for every rejection:
+    ///
+    /// - open, no watchdog: the rest of the open delay;
+    /// - open, a [watchdog](crate::watchdog) attached: the time to its next probe (while
+    ///   a probe runs, to the end of its timeout), whatever the open delay;
+    /// - shed by adaptive throttling: a tenth of its window (400 ms with the defaults),
+    ///   the step at which its shedding probability moves;
+    /// - never zero: at least 1 ms (a deadline just passed means "soon", not "now"), and
+    ///   at most one day;
+    /// - `None` when no time can be given: forced open (until someone resets it),
+    ///   half-open with every trial taken (try again soon), or under a watchdog that
+    ///   has not run yet.
+    ///
+    /// The HTTP `Retry-After` header is this value rounded up to whole seconds (so at
+    /// least 1), and is left out when it is `None`.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+
+    /// Whether adaptive throttling shed the call (the breaker is closed, and sheds a
+    /// share of the calls); see
+    /// [`BreakerBuilder::adaptive_throttling`](super::BreakerBuilder::adaptive_throttling).
+    pub fn is_shed(&self) -> bool {
+        self.shed
     }
 }
 
 impl fmt::Display for Open {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.shed {
+            return write!(f, "circuit breaker `{}` shed the call", self.breaker);
+        }
         write!(f, "circuit breaker `{}` is open", self.breaker)?;
         if let Some(after) = self.retry_after {
             // Whole milliseconds, rounded up: the exact nanoseconds are noise here.

@@ -38,6 +38,7 @@ pin_project! {
         },
         Rejected {
             retry_after: Option<Duration>,
+            shed: bool,
         },
     }
 }
@@ -53,9 +54,14 @@ impl<F, C> ResponseFuture<F, C> {
     }
 
     /// A rejection; `recorder` (see [`Recorder::rejected`]) names the breaker.
-    pub(crate) fn rejected(recorder: Recorder, retry_after: Option<Duration>, classify: C) -> Self {
+    pub(crate) fn rejected(
+        recorder: Recorder,
+        retry_after: Option<Duration>,
+        shed: bool,
+        classify: C,
+    ) -> Self {
         Self {
-            kind: Kind::Rejected { retry_after },
+            kind: Kind::Rejected { retry_after, shed },
             recorder,
             classify,
         }
@@ -79,8 +85,8 @@ where
                 this.recorder.finish(this.classify.classify(&result));
                 Poll::Ready(result.map_err(Into::into))
             }
-            KindProj::Rejected { retry_after } => {
-                Poll::Ready(Err(rejection(this.recorder, *retry_after)))
+            KindProj::Rejected { retry_after, shed } => {
+                Poll::Ready(Err(rejection(this.recorder, *retry_after, *shed)))
             }
         }
     }
@@ -90,8 +96,9 @@ where
 /// enough to be inlined into the caller's loop.
 #[cold]
 #[inline(never)]
-fn rejection(recorder: &mut Recorder, retry_after: Option<Duration>) -> BoxError {
+fn rejection(recorder: &mut Recorder, retry_after: Option<Duration>, shed: bool) -> BoxError {
     match recorder.reject() {
+        Some(name) if shed => Open::shed(name, retry_after).into(),
         Some(name) => Open::new(name, retry_after).into(),
         None => "breaker response future polled after completion".into(),
     }
@@ -101,9 +108,10 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Called { .. } => f.write_str("ResponseFuture::Called"),
-            Kind::Rejected { retry_after } => f
+            Kind::Rejected { retry_after, shed } => f
                 .debug_struct("ResponseFuture::Rejected")
                 .field("retry_after", retry_after)
+                .field("shed", shed)
                 .finish(),
         }
     }

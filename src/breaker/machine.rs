@@ -45,6 +45,12 @@ const ADMITTED_SHIFT: u32 = KIND_BITS;
 const SUCCEEDED_SHIFT: u32 = KIND_BITS + PERMIT_BITS;
 const EPOCH_SHIFT: u32 = 32;
 
+/// The kind bits proper; the fourth is [`SHEDDING`].
+const KIND_MASK: u64 = 0b0111;
+/// Set in a closed word while adaptive throttling sheds calls: the closed path's check
+/// of the low bits then fails, and admission goes the slow way, where the draw is.
+const SHEDDING: u64 = 0b1000;
+
 const CLOSED: u64 = 0;
 const OPEN: u64 = 1;
 const HALF_OPEN: u64 = 2;
@@ -60,6 +66,14 @@ impl Word {
         Word(kind | u64::from(epoch) << EPOCH_SHIFT)
     }
     fn kind(self) -> u64 {
+        self.0 & KIND_MASK
+    }
+    fn shedding(self) -> bool {
+        self.0 & SHEDDING != 0
+    }
+    /// The word as admission's fast path sees it: the kind with the shedding bit.
+    #[inline(always)]
+    fn low(self) -> u64 {
         self.0 & ((1 << KIND_BITS) - 1)
     }
     fn epoch(self) -> u32 {
@@ -104,6 +118,16 @@ fn kind_of(state: State) -> u64 {
     }
 }
 
+/// A rejection's `retry_after` from the nanoseconds left: never zero while rejecting
+/// (a deadline just passed, or a probe running late, still means "soon", not "now"),
+/// and never more than a day.
+fn hint(left: u64) -> Duration {
+    Duration::from_nanos(left.max(MIN_HINT)).min(crate::config::MAX_DURATION)
+}
+
+/// The least `retry_after` of a rejection: 1 ms.
+const MIN_HINT: u64 = 1_000_000;
+
 // --- admission ---------------------------------------------------------------------------
 
 /// What the breaker decided for one call.
@@ -115,6 +139,8 @@ pub(crate) enum Admission {
     Trial { epoch: u32, id: NonZeroU32 },
     /// Open: rejected, with a hint of when to try again.
     Reject { retry_after: Option<Duration> },
+    /// Closed, and shed by adaptive throttling; the hint is a tenth of its window.
+    Shed { retry_after: Duration },
 }
 
 /// Why a transition happened; the `reason` field of the transition event.
@@ -218,6 +244,7 @@ struct Counters {
     ignored: AtomicU64,
     slow: AtomicU64,
     rejected: AtomicU64,
+    shed: AtomicU64,
 }
 
 impl Counters {
@@ -238,6 +265,7 @@ impl Counters {
             ignored: c.ignored + self.ignored.load(Relaxed),
             slow: c.slow + self.slow.load(Relaxed),
             rejected: c.rejected + self.rejected.load(Relaxed),
+            shed: c.shed + self.shed.load(Relaxed),
         }
     }
 }
@@ -250,6 +278,7 @@ pub(crate) struct Counts {
     pub(crate) ignored: u64,
     pub(crate) slow: u64,
     pub(crate) rejected: u64,
+    pub(crate) shed: u64,
 }
 
 // --- the shared state --------------------------------------------------------------------
@@ -278,6 +307,18 @@ struct Trial {
     deadline: u64,
 }
 
+/// Adaptive throttling: the probability of shedding a call, and the draws.
+struct Throttle {
+    k: f64,
+    /// Requests never shed (`min_calls`).
+    protection: f64,
+    /// The probability of shedding, in units of 2^-32; 0 while nothing is shed.
+    p: AtomicU64,
+    /// Draws made, mixed with `seed` into one uniform number per draw.
+    draws: AtomicU64,
+    seed: u64,
+}
+
 pub(crate) struct Shared {
     state: AtomicU64,
     /// Failures in a row and the epoch they count for (see [`streak`]).
@@ -288,6 +329,7 @@ pub(crate) struct Shared {
     /// `u64::MAX` when none is running.
     trial_deadline: AtomicU64,
     window: Option<Window>,
+    throttle: Option<Throttle>,
     config: Config,
     /// Whether a call's end must be timed (a time window or a slow-call rule).
     pub(crate) time_end: bool,
@@ -339,11 +381,16 @@ pub(crate) struct Core {
 
 impl Core {
     pub(crate) fn new(name: Arc<str>, config: Config) -> Self {
-        let start = Instant::now();
+        // Counted from a year back, so that a breaker used under another clock than the
+        // one it was built under (a second runtime, a paused test clock an hour ahead)
+        // still reads that clock's instants as distinct times rather than all as zero.
+        let now = Instant::now();
+        let start = now.checked_sub(CLOCK_SLACK).unwrap_or(now);
         let parallelism = parallelism();
         let mut open_delays = config.open_backoff.iter();
         let (kind, open_until) = if config.start_open {
-            (OPEN, nanos(open_delays.next().unwrap_or_default()))
+            let delay = nanos(open_delays.next().unwrap_or_default());
+            (OPEN, nanos_since(start, now).saturating_add(delay))
         } else {
             (CLOSED, 0)
         };
@@ -359,12 +406,23 @@ impl Core {
             None => (None, None),
         };
         let time_end = slow_threshold.is_some() || matches!(window, Some(Window::Time(_)));
+        let throttle = config.throttle.map(|k| Throttle {
+            k,
+            protection: f64::from(config.rates.map_or(0, |r| r.min_calls)),
+            p: AtomicU64::new(0),
+            draws: AtomicU64::new(0),
+            seed: config
+                .open_backoff
+                .seed_value()
+                .unwrap_or_else(|| fastrand::u64(..)),
+        });
         let shared = Arc::new(Shared {
             state: AtomicU64::new(initial.0),
             consecutive: AtomicU64::new(streak(0, 0)),
             open_until: AtomicU64::new(open_until),
             trial_deadline: AtomicU64::new(u64::MAX),
             window,
+            throttle,
             time_end,
             slow_threshold,
             start,
@@ -427,12 +485,15 @@ impl Core {
         self.shard_for(local.slot()).clone()
     }
 
-    /// Counts a rejected call.
+    /// Counts a rejected call; `shed` when adaptive throttling shed it.
     #[inline]
-    pub(crate) fn count_rejected(&self) {
+    pub(crate) fn count_rejected(&self, shed: bool) {
         let slot = with_local(Local::slot).unwrap_or(usize::MAX);
         let (c, owned) = self.shard_for(slot).counters(slot);
         bump(&c.rejected, owned);
+        if shed {
+            bump(&c.shed, owned);
+        }
     }
 
     /// Closes when the last `Breaker` handle is dropped.
@@ -449,6 +510,9 @@ impl Core {
             })
     }
 }
+
+/// How far before its build a breaker's clock starts (see [`Core::new`]).
+const CLOCK_SLACK: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// Thread slots with a shard of their own: enough for every thread of a typical
 /// runtime; threads beyond them share the overflow shard.
@@ -485,8 +549,10 @@ impl Shared {
         self.watch.subscribe()
     }
 
-    /// Time left before an open breaker may go half-open; `None` unless open, or
-    /// while a watchdog owns recovery.
+    /// While open, when a call could next go through (see [`Open::retry_after`]);
+    /// `None` in any other state.
+    ///
+    /// [`Open::retry_after`]: super::error::Open::retry_after
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         if self.word().kind() != OPEN {
             return None;
@@ -494,10 +560,9 @@ impl Shared {
         if self.watchdogs.load(Acquire) > 0 {
             return self.watchdog_retry_after();
         }
-        Some({
-            let until = self.open_until.load(Acquire);
-            Duration::from_nanos(until.saturating_sub(self.now()))
-        })
+        Some(hint(
+            self.open_until.load(Acquire).saturating_sub(self.now()),
+        ))
     }
 
     /// The failure rate of the current window, if there is a window.
@@ -514,7 +579,7 @@ impl Shared {
     #[inline]
     pub(crate) fn admit(&self) -> Admission {
         let word = self.word();
-        match word.kind() {
+        match word.low() {
             CLOSED | FORCED_CLOSED => Admission::Pass {
                 epoch: word.epoch(),
             },
@@ -526,7 +591,7 @@ impl Shared {
     #[inline(always)]
     pub(crate) fn admit_closed(&self) -> Option<u32> {
         let word = self.word();
-        matches!(word.kind(), CLOSED | FORCED_CLOSED).then(|| word.epoch())
+        matches!(word.low(), CLOSED | FORCED_CLOSED).then(|| word.epoch())
     }
 
     /// Whether an earlier `Pass` admission is still current (no transition since).
@@ -539,6 +604,7 @@ impl Shared {
     fn admit_slow(&self, mut word: Word) -> Admission {
         loop {
             match word.kind() {
+                CLOSED if word.shedding() => return self.throttle(word),
                 CLOSED | FORCED_CLOSED => {
                     return Admission::Pass {
                         epoch: word.epoch(),
@@ -557,7 +623,7 @@ impl Shared {
                     let until = self.open_until.load(Acquire);
                     if now < until {
                         return Admission::Reject {
-                            retry_after: Some(Duration::from_nanos(until - now)),
+                            retry_after: Some(hint(until - now)),
                         };
                     }
                     if let Some(admission) = self.to_half_open(word, now) {
@@ -571,6 +637,66 @@ impl Shared {
                 }
             }
             word = self.word();
+        }
+    }
+
+    /// Closed while adaptive throttling sheds: one draw decides. A shed call counts in
+    /// the window and updates the probability.
+    fn throttle(&self, word: Word) -> Admission {
+        let epoch = word.epoch();
+        let Some(t) = &self.throttle else {
+            return Admission::Pass { epoch };
+        };
+        let p = t.p.load(Relaxed);
+        if p == 0 {
+            self.set_shedding(epoch, false);
+            return Admission::Pass { epoch };
+        }
+        let draw = crate::backoff::mix(t.seed ^ t.draws.fetch_add(1, Relaxed)) >> 32;
+        if draw >= p {
+            return Admission::Pass { epoch };
+        }
+        let Some(Window::Time(w)) = &self.window else {
+            return Admission::Pass { epoch };
+        };
+        let totals = w.record_shed(w.tick(self.now()));
+        self.rethrottle(epoch, totals);
+        Admission::Shed {
+            retry_after: hint(w.bucket()),
+        }
+    }
+
+    /// Sets the shedding probability from the window's `totals`, for the closed state
+    /// of `epoch`.
+    fn rethrottle(&self, epoch: u32, totals: Totals) {
+        let Some(t) = &self.throttle else {
+            return;
+        };
+        let requests = (totals.calls + totals.shed) as f64;
+        let accepts = totals.calls.saturating_sub(totals.failures) as f64;
+        let p = ((requests - t.k * accepts - t.protection) / (requests + 1.0)).clamp(0.0, 1.0);
+        // In units of 2^-32: a draw is the high half of a 64-bit number.
+        let p = (p * 4_294_967_296.0) as u64;
+        t.p.store(p, Relaxed);
+        self.set_shedding(epoch, p > 0);
+    }
+
+    /// Sets or clears [`SHEDDING`] in the closed word of `epoch`.
+    fn set_shedding(&self, epoch: u32, on: bool) {
+        let mut word = self.word();
+        while word.epoch() == epoch && word.kind() == CLOSED && word.shedding() != on {
+            let next = Word(if on {
+                word.0 | SHEDDING
+            } else {
+                word.0 & !SHEDDING
+            });
+            match self
+                .state
+                .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => word = Word(actual),
+            }
         }
     }
 
@@ -656,7 +782,8 @@ impl Shared {
                 // Epoch-checked, so it needs no look at the state word.
                 self.clear_failures(epoch);
                 // A success that is not slow cannot trip a rule: no totals come back.
-                let closed = || self.word() == Word::new(CLOSED, epoch);
+                // Closed in `epoch`, shedding or not.
+                let closed = || Word(self.word().0 & !SHEDDING) == Word::new(CLOSED, epoch);
                 match (&self.window, end) {
                     (Some(Window::Time(w)), Some(end)) if TIMED && closed() => {
                         w.record_success(end, slot);
@@ -706,6 +833,9 @@ impl Shared {
             }
         };
         if let (Some(totals), Some(rules)) = (totals, self.config.rates) {
+            if reason.is_none() {
+                self.rethrottle(epoch, totals);
+            }
             if totals.calls >= u64::from(rules.min_calls) {
                 let rate = |n: u64| n as f64 / totals.calls as f64;
                 if rules
@@ -807,7 +937,12 @@ impl Shared {
             {
                 Ok(_) => {
                     let mut slow = self.lock();
-                    return self.end_trial(&mut slow, epoch, id);
+                    self.end_trial(&mut slow, epoch, id);
+                    drop(slow);
+                    // Not a transition, but a permit is free: a service waiting in
+                    // `Readiness::Wait` may now take it.
+                    self.changed.notify_waiters();
+                    return;
                 }
                 Err(actual) => word = Word(actual),
             }
@@ -884,6 +1019,9 @@ impl Shared {
     /// starts with. Done before the epoch is installed, which publishes it.
     fn start_over(&self, slow: &mut Slow, epoch: u32) {
         self.consecutive.store(streak(epoch, 0), Relaxed);
+        if let Some(t) = &self.throttle {
+            t.p.store(0, Relaxed);
+        }
         match &self.window {
             Some(Window::Count(w)) => w.reset(),
             Some(Window::Time(w)) => w.reset(),
@@ -905,7 +1043,7 @@ impl Shared {
             .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
     }
 
-    /// A watchdog's estimate of when its probes could close the breaker.
+    /// When a watchdog's next probe is due (or its running probe's timeout ends).
     pub(crate) fn set_watchdog_eta(&self, at: Option<Instant>) {
         let nanos = at.map_or(0, |at| self.since_start(at).max(1));
         self.watchdog_eta.store(nanos, Release);
@@ -914,7 +1052,7 @@ impl Shared {
     fn watchdog_retry_after(&self) -> Option<Duration> {
         match self.watchdog_eta.load(Acquire) {
             0 => None,
-            eta => Some(Duration::from_nanos(eta.saturating_sub(self.now()))),
+            eta => Some(hint(eta.saturating_sub(self.now()))),
         }
     }
 
@@ -1100,7 +1238,7 @@ impl Recorder {
                 recorder.tag |= u64::from(id.get() & TRIAL_MASK) << 32;
                 Some(recorder)
             }
-            Admission::Reject { .. } => None,
+            Admission::Reject { .. } | Admission::Shed { .. } => None,
         }
     }
 

@@ -67,10 +67,11 @@ pub(crate) mod window;
 pub mod error;
 pub mod future;
 
+#[allow(deprecated)]
+pub use self::builder::DEFAULT_CONSECUTIVE_FAILURES;
 pub use self::builder::{
-    BreakerBuilder, Readiness, DEFAULT_CONSECUTIVE_FAILURES, DEFAULT_COUNT_WINDOW,
-    DEFAULT_FAILURE_RATE, DEFAULT_HALF_OPEN_CALLS, DEFAULT_HALF_OPEN_TIMEOUT, DEFAULT_MIN_CALLS,
-    DEFAULT_OPEN_BACKOFF,
+    BreakerBuilder, Readiness, DEFAULT_COUNT_WINDOW, DEFAULT_FAILURE_RATE, DEFAULT_HALF_OPEN_CALLS,
+    DEFAULT_HALF_OPEN_TIMEOUT, DEFAULT_MIN_CALLS, DEFAULT_OPEN_BACKOFF,
 };
 pub use self::layer::BreakerLayer;
 pub use self::service::BreakerService;
@@ -156,17 +157,34 @@ pub struct Snapshot {
     pub ignored: u64,
     /// Counted calls slower than the slow-call threshold (zero without that rule).
     pub slow: u64,
-    /// Calls rejected without calling the inner service.
+    /// Calls rejected without calling the inner service (shed ones included).
     pub rejected: u64,
+    /// Calls shed by adaptive throttling (also counted in `rejected`).
+    pub shed: u64,
     /// Times the breaker opened (from closed or half-open; not `start_open`).
     pub trips: u64,
     /// Failures / calls in the current window; `None` without a rate rule, or while
     /// the window is empty.
     pub failure_rate: Option<f64>,
-    /// While open, the time left before a trial call is let through; while a
-    /// watchdog owns recovery, its estimate of when passing probes could close the
-    /// breaker (`None` before it has one).
+    /// While open, when a call could next go through, as
+    /// [`Open::retry_after`](error::Open::retry_after) gives it; `None` in any other
+    /// state. Serialized as `retry_after_ms`, whole milliseconds rounded up.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "retry_after_ms", serialize_with = "millis")
+    )]
     pub retry_after: Option<Duration>,
+}
+
+/// A duration as whole milliseconds, rounded up (so never 0 for a nonzero wait).
+#[cfg(feature = "serde")]
+fn millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => {
+            s.serialize_some(&u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
+        }
+        None => s.serialize_none(),
+    }
 }
 
 /// A circuit breaker: a cheap handle on state shared by every clone.
@@ -223,6 +241,7 @@ impl Breaker {
             ignored: counts.ignored,
             slow: counts.slow,
             rejected: counts.rejected,
+            shed: counts.shed,
             trips: shared.trips(),
             failure_rate: window
                 .filter(|w| w.calls > 0)

@@ -28,6 +28,8 @@ impl Slot {
     const EMPTY: Slot = Slot(0);
     const TRIAL: Slot = Slot(2);
     const REJECT: Slot = Slot(3);
+    /// Shed by adaptive throttling: a rejection that is never waited on.
+    const SHED: Slot = Slot(4);
 
     #[inline(always)]
     fn pass(epoch: u32) -> Self {
@@ -162,6 +164,10 @@ impl<S, C> BreakerService<S, C> {
                 self.retry_after = retry_after;
                 Slot::REJECT
             }
+            Admission::Shed { retry_after } => {
+                self.retry_after = Some(retry_after);
+                Slot::SHED
+            }
         }
     }
 
@@ -169,9 +175,9 @@ impl<S, C> BreakerService<S, C> {
     /// [`Open`](super::error::Open) when polled.
     #[cold]
     #[inline(never)]
-    fn reject(&mut self) -> (Recorder, Option<Duration>) {
+    fn reject(&mut self, shed: bool) -> (Recorder, Option<Duration>) {
         let core = &self.breaker.core;
-        core.count_rejected();
+        core.count_rejected(shed);
         let recorder = Recorder::rejected(core.lease(&self.breaker.shared));
         (recorder, self.retry_after.take())
     }
@@ -294,8 +300,9 @@ where
                     recorder
                 })
         } else {
-            let (recorder, retry_after) = self.reject();
-            return ResponseFuture::rejected(recorder, retry_after, self.classify.clone());
+            let shed = slot == Slot::SHED;
+            let (recorder, retry_after) = self.reject(shed);
+            return ResponseFuture::rejected(recorder, retry_after, shed, self.classify.clone());
         };
         ResponseFuture::called(self.inner.call(req), recorder, self.classify.clone())
     }
@@ -323,6 +330,11 @@ impl<S, C> BreakerService<S, C> {
         };
         if stale {
             self.slot = self.decide();
+        }
+        if self.slot == Slot::SHED {
+            // Decided: the next call is shed, at once. Deciding again would draw
+            // again, and shed less than the throttle means to.
+            return Poll::Ready(Ok(()));
         }
         if self.slot == Slot::REJECT {
             if let Some(answer) = self.poll_rejecting(cx) {
@@ -377,9 +389,14 @@ pub(crate) fn call_through<F, C>(
             Recorder::new(core.shard(), admission).unwrap_or_else(Recorder::idle)
         }
         Admission::Reject { retry_after } => {
-            core.count_rejected();
+            core.count_rejected(false);
             let recorder = Recorder::rejected(core.lease(&breaker.shared));
-            return ResponseFuture::rejected(recorder, retry_after, classify);
+            return ResponseFuture::rejected(recorder, retry_after, false, classify);
+        }
+        Admission::Shed { retry_after } => {
+            core.count_rejected(true);
+            let recorder = Recorder::rejected(core.lease(&breaker.shared));
+            return ResponseFuture::rejected(recorder, Some(retry_after), true, classify);
         }
     };
     ResponseFuture::called(call(), recorder, classify)

@@ -25,6 +25,8 @@ pub(crate) struct Totals {
     pub(crate) calls: u64,
     pub(crate) failures: u64,
     pub(crate) slow: u64,
+    /// Calls shed by adaptive throttling (a time window only; not in `calls`).
+    pub(crate) shed: u64,
 }
 
 /// Pads a value to its own cache line, so a counter written on every call does not
@@ -130,6 +132,7 @@ impl CountWindow {
             calls: self.pos.fetch_add(0, Relaxed).min(self.size),
             failures: self.failures.fetch_add(0, Relaxed).max(0) as u64,
             slow: self.slow.fetch_add(0, Relaxed).max(0) as u64,
+            shed: 0,
         }
     }
 
@@ -140,6 +143,7 @@ impl CountWindow {
             calls: self.pos.load(Relaxed).min(self.size),
             failures: self.failures.load(Relaxed).max(0) as u64,
             slow: self.slow.load(Relaxed).max(0) as u64,
+            shed: 0,
         }
     }
 
@@ -208,6 +212,8 @@ pub(crate) struct TimeWindow {
     calls: Box<[CachePadded<Stripe>]>,
     failures: CachePadded<Ring>,
     slow: CachePadded<Ring>,
+    /// Calls shed by adaptive throttling, per bucket.
+    shed: CachePadded<Ring>,
 }
 
 impl TimeWindow {
@@ -221,7 +227,13 @@ impl TimeWindow {
             calls: (0..=stripes).map(|_| CachePadded::default()).collect(),
             failures: CachePadded::default(),
             slow: CachePadded::default(),
+            shed: CachePadded::default(),
         }
+    }
+
+    /// A bucket's width in nanoseconds: a tenth of the window.
+    pub(crate) fn bucket(&self) -> u64 {
+        self.width
     }
 
     /// The tick of an instant given as nanoseconds since the breaker's start.
@@ -345,6 +357,12 @@ impl TimeWindow {
         (failed || slow).then(|| self.totals(tick))
     }
 
+    /// Records one call shed at `tick` by adaptive throttling; the totals after it.
+    pub(crate) fn record_shed(&self, tick: u64) -> Totals {
+        bump_stamped(&self.shed[(tick % BUCKETS) as usize], tick, false);
+        self.totals(tick)
+    }
+
     pub(crate) fn totals(&self, tick: u64) -> Totals {
         let sum = |ring: &Ring| {
             ring.iter()
@@ -355,6 +373,7 @@ impl TimeWindow {
             calls: self.calls.iter().map(|s| sum(&s.ring)).sum(),
             failures: sum(&self.failures),
             slow: sum(&self.slow),
+            shed: sum(&self.shed),
         }
     }
 
@@ -362,7 +381,7 @@ impl TimeWindow {
     /// ring may survive the reset: at most one call per thread from before it.
     pub(crate) fn reset(&self) {
         let rings = self.calls.iter().map(|s| &s.0.ring);
-        for ring in rings.chain([&self.failures.0, &self.slow.0]) {
+        for ring in rings.chain([&self.failures.0, &self.slow.0, &self.shed.0]) {
             for c in ring {
                 // Stamp zero with count zero counts nothing, whatever the tick.
                 c.store(0, Relaxed);

@@ -70,9 +70,10 @@ use crate::BoxError;
 ///
 /// `Retry-After` is [`open.retry_after()`](Open::retry_after) in whole seconds,
 /// rounded **up** so a client that obeys it never comes back before the breaker lets
-/// a trial through: 9.2 s is `"10"`, any delay under a second is `"1"`, and only an
-/// exact zero is `"0"`. The header is left out when the delay is unknown (a breaker
-/// forced open, or waiting for its watchdog).
+/// a call through: 9.2 s is `"10"`, any delay under a second is `"1"`; it is never
+/// `"0"`, as `retry_after()` is never zero. The header is left out when `retry_after()`
+/// is `None` (see its docs: forced open, half-open with every trial taken, a watchdog
+/// that has not run yet).
 ///
 /// ```
 /// use http::StatusCode;

@@ -66,29 +66,45 @@ pub use self::probe::Probe;
 
 /// Time between probes while they pass (default).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-/// Time between failed probes (default): 1 s doubling to 60 s, equal jitter.
-pub const DEFAULT_BACKOFF: Backoff =
-    Backoff::exponential(Duration::from_secs(1), Duration::from_secs(60)).jitter(Jitter::Equal);
+/// Time between failed probes with the default interval: 0.5 to 1 s (the interval,
+/// equal jitter). Without [`WatchdogBuilder::backoff`] the spacing follows the
+/// interval that is set.
+#[deprecated(note = "the default backoff follows `interval`; see `WatchdogBuilder::backoff`")]
+pub const DEFAULT_BACKOFF: Backoff = Backoff::constant(DEFAULT_INTERVAL).jitter(Jitter::Equal);
 /// How long one probe may take (default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Passes in a row that close the breaker (default).
-pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
 /// Failures in a row that open a closed breaker under `probe_while_closed` (default).
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 
 type OnEscalate = Arc<dyn Fn(&Snapshot) + Send + Sync>;
 
+/// The shortest period accepted: probes closer than this are a busy loop.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
+/// The most passes or failures in a row a threshold may ask for.
+const MAX_THRESHOLD: u32 = 1_000;
+
 /// The checked settings of a watchdog.
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) interval: Duration,
-    pub(crate) backoff: Backoff,
+    /// `None`: the interval, equal jitter.
+    pub(crate) backoff: Option<Backoff>,
     pub(crate) timeout: Duration,
     pub(crate) healthy_threshold: u32,
     pub(crate) probe_while_closed: Option<Duration>,
     pub(crate) unhealthy_threshold: u32,
     pub(crate) max_trips: Option<(u32, Duration)>,
     pub(crate) on_escalate: Option<OnEscalate>,
+}
+
+impl Config {
+    /// The spacing of failed probes: as set, or the interval with equal jitter.
+    pub(crate) fn backoff(&self) -> Backoff {
+        self.backoff
+            .unwrap_or(Backoff::constant(self.interval).jitter(Jitter::Equal))
+    }
 }
 
 /// Entry point: [`Watchdog::builder`].
@@ -103,7 +119,7 @@ impl Watchdog {
             probe,
             config: Config {
                 interval: DEFAULT_INTERVAL,
-                backoff: DEFAULT_BACKOFF,
+                backoff: None,
                 timeout: DEFAULT_TIMEOUT,
                 healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
                 probe_while_closed: None,
@@ -115,8 +131,22 @@ impl Watchdog {
     }
 }
 
-/// Configures a watchdog; from [`Watchdog::builder`]. Every setter's default is a
-/// `DEFAULT_*` constant of this module.
+/// Configures a watchdog; from [`Watchdog::builder`].
+///
+/// # Defaults
+///
+/// - `interval`: 1 s; failed probes are spaced by the interval with equal jitter
+///   (each wait between half the interval and the interval), so after an outage of
+///   any length the first probe after the downstream's return comes within one
+///   interval, and one passing probe (`healthy_threshold` 1) closes the breaker;
+/// - `timeout`: 5 s per probe; `probe_while_closed`: off (`unhealthy_threshold` 3);
+///   `max_trips`: never escalate.
+///
+/// The load on a dead downstream: one probe at a time per breaker, at most two per
+/// interval (the shortest wait is half of it), so with the defaults at most 2 probes
+/// a second per breaker per process, and a fleet of `n` processes at most `2 n` a
+/// second. Set a [`backoff`](Self::backoff) that grows to trade a slower first probe
+/// after a long outage for fewer probes during it.
 #[must_use = "a watchdog does nothing until spawned"]
 pub struct WatchdogBuilder<P> {
     breaker: Breaker,
@@ -147,10 +177,12 @@ impl<P: Probe> WatchdogBuilder<P> {
     }
 
     /// Time between failed probes: the next delay after each failure in a row,
-    /// jittered (default [`DEFAULT_BACKOFF`]). Escalated, the watchdog waits the
-    /// backoff's max.
+    /// jittered (default: the [`interval`](Self::interval) with equal jitter, between
+    /// half the interval and the interval). Escalated, the watchdog waits the
+    /// backoff's max. Its max is also the longest a downstream that came back waits
+    /// for its first probe.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.config.backoff = backoff;
+        self.config.backoff = Some(backoff);
         self
     }
 
@@ -160,7 +192,8 @@ impl<P: Probe> WatchdogBuilder<P> {
         self
     }
 
-    /// Passes in a row that close an open breaker (default 2).
+    /// Passes in a row that close an open breaker (default 1, at most 1,000). Each
+    /// further pass waits an interval.
     pub fn healthy_threshold(mut self, n: u32) -> Self {
         self.config.healthy_threshold = n;
         self
@@ -173,7 +206,7 @@ impl<P: Probe> WatchdogBuilder<P> {
     }
 
     /// With `probe_while_closed`, failed probes in a row that open the breaker
-    /// (default 3).
+    /// (default 3, at most 1,000).
     pub fn unhealthy_threshold(mut self, n: u32) -> Self {
         self.config.unhealthy_threshold = n;
         self
@@ -195,20 +228,16 @@ impl<P: Probe> WatchdogBuilder<P> {
 
     fn check(&self) -> Result<(), ConfigError> {
         let c = &self.config;
-        check_duration("interval", c.interval)?;
+        check_period("interval", c.interval)?;
         check_duration("timeout", c.timeout)?;
-        c.backoff.validate("backoff", false)?;
-        if c.healthy_threshold == 0 {
-            return Err(ConfigError::new("healthy_threshold", "must be at least 1"));
+        if let Some(backoff) = c.backoff {
+            backoff.validate("backoff", false)?;
+            check_period("backoff", backoff.base())?;
         }
-        if c.unhealthy_threshold == 0 {
-            return Err(ConfigError::new(
-                "unhealthy_threshold",
-                "must be at least 1",
-            ));
-        }
+        check_threshold("healthy_threshold", c.healthy_threshold)?;
+        check_threshold("unhealthy_threshold", c.unhealthy_threshold)?;
         if let Some(period) = c.probe_while_closed {
-            check_duration("probe_while_closed", period)?;
+            check_period("probe_while_closed", period)?;
         }
         if let Some((n, within)) = c.max_trips {
             if n == 0 {
@@ -220,18 +249,22 @@ impl<P: Probe> WatchdogBuilder<P> {
     }
 
     /// Checks the settings and returns the watchdog's handle and its worker, a future
-    /// to run on an executor of your choice (like tower's `Buffer::pair`). The
-    /// watchdog is attached from this call: run the worker soon.
+    /// to spawn yourself (like tower's `Buffer::pair`): on a tokio runtime with time
+    /// enabled, as its probes and waits use tokio's timers. Polled anywhere else, the
+    /// worker logs an `error` event and ends at once, and the breaker recovers on its
+    /// own timer. The watchdog is attached from this call: run the worker soon.
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for a zero or over-a-day duration, a zero threshold or trip
-    /// count, or a backoff whose base is zero or above its max.
+    /// A [`ConfigError`] for a duration over a day, a period (interval, backoff base,
+    /// `probe_while_closed`) under 1 ms, a zero timeout, a threshold of 0 or over
+    /// 1,000, a zero trip count, or a backoff whose base is above its max.
     pub fn pair(self) -> Result<(WatchdogHandle, Worker), ConfigError> {
         self.check()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = oneshot::channel();
         let shared = self.breaker.shared().clone();
+        let name = shared.name.clone();
         let run = worker::run(self.breaker, self.probe, self.config, stop_rx, done_tx);
         Ok((
             WatchdogHandle {
@@ -239,7 +272,10 @@ impl<P: Probe> WatchdogBuilder<P> {
                 stop: stop_tx,
                 done: done_rx,
             },
-            Worker(Box::pin(run)),
+            Worker {
+                run: Some(Box::pin(run)),
+                name,
+            },
         ))
     }
 
@@ -296,21 +332,69 @@ impl fmt::Debug for WatchdogHandle {
     }
 }
 
-/// The watchdog's task, from [`WatchdogBuilder::pair`]: a future to run to completion.
-/// It ends on [`WatchdogHandle::shutdown`] or when every [`Breaker`] clone is gone.
+/// The watchdog's task, from [`WatchdogBuilder::pair`]: a future to run to completion
+/// on a tokio runtime. It ends on [`WatchdogHandle::shutdown`] or when every
+/// [`Breaker`] clone is gone; polled outside a tokio runtime, at once.
 #[must_use = "the watchdog only runs while its worker is polled"]
-pub struct Worker(Pin<Box<dyn Future<Output = ()> + Send>>);
+pub struct Worker {
+    /// `None` once ended.
+    run: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    name: Arc<str>,
+}
 
 impl Future for Worker {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.as_mut().poll(cx)
+        let Some(run) = self.run.as_mut() else {
+            return Poll::Ready(());
+        };
+        // Its timers would panic outside a runtime: end instead, detached.
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::error!(
+                target: "steadfast::watchdog",
+                breaker = &*self.name,
+                "watchdog worker polled outside a tokio runtime: it needs tokio's timers; \
+                 ended, the breaker recovers on its own timer"
+            );
+            self.run = None;
+            return Poll::Ready(());
+        }
+        let done = run.as_mut().poll(cx);
+        if done.is_ready() {
+            self.run = None;
+        }
+        done
     }
 }
 
 impl fmt::Debug for Worker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Worker")
+        f.debug_struct("Worker")
+            .field("breaker", &self.name)
+            .field("ended", &self.run.is_none())
+            .finish()
     }
+}
+
+/// Checks a period between probes: a duration of at least [`MIN_PERIOD`].
+fn check_period(field: &'static str, period: Duration) -> Result<(), ConfigError> {
+    check_duration(field, period)?;
+    if period < MIN_PERIOD {
+        return Err(ConfigError::new(
+            field,
+            format!("must be at least 1ms, got {period:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_threshold(field: &'static str, n: u32) -> Result<(), ConfigError> {
+    if n == 0 || n > MAX_THRESHOLD {
+        return Err(ConfigError::new(
+            field,
+            format!("must be in [1, {MAX_THRESHOLD}], got {n}"),
+        ));
+    }
+    Ok(())
 }

@@ -108,7 +108,7 @@ pub(super) fn run<P: Probe>(
         alive: breaker.alive(),
         states: breaker.subscribe(),
         stop,
-        delays: config.backoff.iter(),
+        delays: config.backoff().iter(),
         next_probe: Instant::now(),
         passes: 0,
         failures: 0,
@@ -190,16 +190,11 @@ impl<P: Probe> Runner<P> {
         }
     }
 
-    /// Tells the breaker when passing probes could close it, for `retry_after` hints
-    /// (the `Retry-After` of an HTTP 503): the next probe, then an interval for each
-    /// further pass needed.
+    /// Tells the breaker when the next probe is due, for `retry_after` hints (the
+    /// `Retry-After` of an HTTP 503): a caller retrying then finds the breaker closed
+    /// if that probe passes and closes it.
     fn publish_eta(&self) {
-        let more = self
-            .config
-            .healthy_threshold
-            .saturating_sub(self.passes + 1);
-        let eta = self.next_probe + self.config.interval * more;
-        self.attached.shared.set_watchdog_eta(Some(eta));
+        self.attached.shared.set_watchdog_eta(Some(self.next_probe));
     }
 
     async fn while_open(&mut self, now: Instant) -> Wake {
@@ -212,6 +207,8 @@ impl<P: Probe> Runner<P> {
             self.next_probe = now + self.config.interval;
             return Wake::Look;
         };
+        // While it runs, the answer comes by the end of its timeout.
+        shared.set_watchdog_eta(now.checked_add(self.config.timeout));
         let passed = match self.probe_once().await {
             Some(passed) => passed,
             None => return Wake::Stop,
@@ -230,11 +227,12 @@ impl<P: Probe> Runner<P> {
         } else {
             self.passes = 0;
             let delay = if self.escalated {
-                self.config.backoff.max()
+                self.config.backoff().max()
             } else {
                 self.delays.next().unwrap_or(self.config.interval)
             };
-            self.next_probe = now + delay;
+            // A jittered delay can be near zero; probes never come closer than this.
+            self.next_probe = now + delay.max(super::MIN_PERIOD);
         }
         self.publish_eta();
         Wake::Look
@@ -295,6 +293,7 @@ impl<P: Probe> Runner<P> {
             Ok(future) => future,
             Err(_) => {
                 tracing::debug!(target: "steadfast::watchdog", breaker = &*name, "probe panicked");
+                tokio::task::yield_now().await;
                 return Some(false);
             }
         };
@@ -321,6 +320,9 @@ impl<P: Probe> Runner<P> {
                 false
             }
         };
+        // However short the periods and quick the probes, the runtime's other tasks
+        // get their turn between two probes.
+        tokio::task::yield_now().await;
         Some(passed)
     }
 

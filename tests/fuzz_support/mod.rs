@@ -318,10 +318,13 @@ pub fn breaker_builder(data: &[u8]) {
     let explicit = consecutive.is_some() || rate.is_some() || slow.is_some();
     let has_rate = !explicit || rate.is_some() || slow.is_some();
     if has_rate {
-        let window = if time_window.is_some() {
-            None
-        } else {
-            Some(count_window.unwrap_or(100))
+        // The defaults count over a 4 s time window unless a count window is set; a
+        // rate rule set with no window counts the last 100 calls.
+        let window = match (time_window, count_window) {
+            (Some(_), _) => None,
+            (None, Some(n)) => Some(n),
+            (None, None) if explicit => Some(100),
+            (None, None) => None,
         };
         if let (Some(m), Some(n)) = (min_calls, window) {
             if m > n {
@@ -466,8 +469,9 @@ pub fn retry_policy(data: &[u8]) {
 
 // --- watchdog builder --------------------------------------------------------------------
 
-/// Any watchdog settings: `Ok` exactly for durations from above zero to a day, a valid
-/// backoff (base above zero), thresholds and a trip count of at least 1.
+/// Any watchdog settings: `Ok` exactly for durations from above zero to a day, periods
+/// of at least 1 ms, a valid backoff (base at least 1 ms), thresholds from 1 to 1,000
+/// and a trip count of at least 1.
 pub fn watchdog_builder(data: &[u8]) {
     let mut input = Input::new(data);
     let breaker = Breaker::new("fuzz");
@@ -481,30 +485,39 @@ pub fn watchdog_builder(data: &[u8]) {
         }
         d
     };
+    // A period between probes is also at least 1 ms (no busy loop).
+    let period = |input: &mut Input<'_>, name: &'static str, bad: &mut Vec<_>| {
+        let d = input.duration();
+        if !duration_ok(d) || d < Duration::from_millis(1) {
+            bad.push(name);
+        }
+        d
+    };
     if input.bool() {
-        b = b.interval(duration(&mut input, "interval", &mut bad));
+        b = b.interval(period(&mut input, "interval", &mut bad));
     }
     if input.bool() {
         b = b.timeout(duration(&mut input, "timeout", &mut bad));
     }
     if input.bool() {
-        b = b.probe_while_closed(duration(&mut input, "probe_while_closed", &mut bad));
+        b = b.probe_while_closed(period(&mut input, "probe_while_closed", &mut bad));
     }
     if let Some(backoff) = input.option(Input::backoff) {
-        b = b.backoff(backoff.build());
-        if !backoff.is_valid(false) {
+        let built = backoff.build();
+        b = b.backoff(built);
+        if !backoff.is_valid(false) || built.base() < Duration::from_millis(1) {
             bad.push("backoff");
         }
     }
     if let Some(n) = input.option(Input::u32) {
         b = b.healthy_threshold(n);
-        if n == 0 {
+        if n == 0 || n > 1_000 {
             bad.push("healthy_threshold");
         }
     }
     if let Some(n) = input.option(Input::u32) {
         b = b.unhealthy_threshold(n);
-        if n == 0 {
+        if n == 0 || n > 1_000 {
             bad.push("unhealthy_threshold");
         }
     }
