@@ -16,7 +16,7 @@ pub const DEFAULT_BACKOFF: Backoff =
 pub const DEFAULT_BUDGET_RATIO: f64 = 0.2;
 /// ... plus this many a second ...
 pub const DEFAULT_BUDGET_MIN_PER_SEC: u32 = 10;
-/// ... over this window.
+/// ... with credit kept this long (see [`Budget::new`]).
 pub const DEFAULT_BUDGET_TTL: Duration = Duration::from_secs(10);
 const MAX_ATTEMPTS: u32 = 100;
 
@@ -30,8 +30,9 @@ const MAX_ATTEMPTS: u32 = 100;
 /// to give. Otherwise the last result is returned as it is.
 ///
 /// Defaults: 3 attempts, [`DEFAULT_BACKOFF`] (50 ms doubling to 2 s, full jitter), no
-/// `max_elapsed`, a budget of 20% of requests plus 10 retries a second over 10 s
-/// (a new one per `RetryPolicy::new()`, shared by every clone), every `Err` retried.
+/// `max_elapsed`, a budget of 20% of requests plus 10 retries a second, credit living
+/// 10 s (a new one per `RetryPolicy::new()`, shared by every clone), every `Err`
+/// retried.
 ///
 /// ```
 /// use std::time::Duration;
