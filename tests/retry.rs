@@ -1,5 +1,6 @@
 //! The retry layer on paused time: attempts, delays, limits, budget, breaker
-//! rejections, classification, cancellation, readiness, request copies and events.
+//! rejections, classification, cancellation, readiness, request copies, events,
+//! and retries outside a tokio runtime (the only tests not on paused time).
 //!
 //! Every test reads as a timeline on tokio's paused clock. The downstreams record the
 //! instant and the request of each call they receive, so a test can say exactly when and
@@ -1168,6 +1169,79 @@ async fn one_event_per_retry_and_one_per_refusal() {
     let mut svc = retry(plain(5, ms(10)), flaky(0, Log::default()));
     call(&mut svc, ()).await.unwrap();
     assert!(catcher.take().is_empty());
+}
+
+// --- without a runtime ------------------------------------------------------------------------
+
+/// Runs a future to completion on this thread, outside any tokio runtime: a minimal
+/// executor (like `futures::executor::block_on`) that parks the thread until woken.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_zero_delay_retries_without_a_runtime() {
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    // Regression: the first failure made a zero `Sleep`, which panicked ("there is no
+    // reactor running"). Now the retry is made at once, with no timer.
+    let log = Log::default();
+    let budget = Budget::new(0.2, 10, secs(10)).unwrap();
+    let policy = RetryPolicy::new()
+        .max_attempts(3)
+        .backoff(Backoff::constant(Duration::ZERO))
+        .budget(budget.clone());
+    let mut svc = retry(policy, flaky(2, log.clone()));
+    assert_eq!(block_on(call(&mut svc, ())), Ok(3));
+    assert_eq!(log.calls(), 3);
+    // The budget works without a runtime too: 10 a second, 0.2 deposited, 2 taken.
+    assert_eq!(budget.balance(), Some(8.2));
+}
+
+#[test]
+fn a_delay_without_a_runtime_returns_the_last_result_with_a_warning() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    // See `one_event_per_retry_and_one_per_refusal` for the second dispatcher.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
+    let catcher = Catcher::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(catcher.clone()));
+
+    // A nonzero delay has no timer to wait on: the retry is not made, and the budget
+    // is not charged for it.
+    let log = Log::default();
+    let budget = Budget::new(0.0, 5, secs(10)).unwrap();
+    let mut svc = retry(
+        plain(3, ms(10)).budget(budget.clone()),
+        flaky(usize::MAX, log.clone()),
+    );
+    assert_eq!(block_on(call(&mut svc, ())), Err(1));
+    assert_eq!(log.calls(), 1);
+    assert_eq!(budget.balance(), Some(5.0));
+    let seen = catcher.take();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].level, tracing::Level::WARN);
+    assert!(seen[0].message().contains("runtime"), "{:?}", seen[0]);
+    assert_eq!(seen[0].field("delay_ms"), Some("10"));
+
+    // A success needs no retry and no runtime.
+    let mut svc = retry(plain(3, ms(10)), flaky(0, Log::default()));
+    assert_eq!(block_on(call(&mut svc, ())), Ok(1));
 }
 
 // --- configuration ---------------------------------------------------------------------------

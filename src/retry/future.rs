@@ -41,7 +41,8 @@ pin_project! {
         attempts: u32,
         // When the request started; read only with `max_elapsed`.
         start: Option<Instant>,
-        // Made on the first retry: the delays and the one `Sleep`, reset in place.
+        // Made on the first retry: the delays, and the one `Sleep` (made for the first
+        // nonzero delay, then reset in place).
         waiter: Option<Pin<Box<Waiter>>>,
     }
 }
@@ -57,8 +58,9 @@ pin_project! {
 
 pin_project! {
     struct Waiter {
+        // `None` until a retry has to wait: a zero delay needs no timer.
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
         delays: backoff::Iter,
     }
 }
@@ -74,8 +76,10 @@ pub(crate) struct Hooks<C, R, H> {
 /// What to do with a failed result.
 enum Verdict {
     Final,
-    /// Wait on the (reset) waiter, then call again.
-    Retry,
+    /// Call again at once (a zero delay).
+    Now,
+    /// Wait on the waiter's (reset) `Sleep`, then call again.
+    Later,
 }
 
 impl<S, Req, C, R, H> ResponseFuture<S, Req, C, R, H>
@@ -158,11 +162,11 @@ where
                     let last = *this.attempts + 1 >= this.params.max_attempts;
                     let next = match verdict {
                         Verdict::Final => None,
-                        Verdict::Retry if last => this
+                        Verdict::Now | Verdict::Later if last => this
                             .replay
                             .take()
                             .and_then(|replay| this.hooks.requests.last(replay)),
-                        Verdict::Retry => this
+                        Verdict::Now | Verdict::Later => this
                             .replay
                             .as_mut()
                             .and_then(|replay| this.hooks.requests.next(replay)),
@@ -170,7 +174,10 @@ where
                     match next {
                         Some(next) => {
                             *this.next = Some(next);
-                            this.state.set(State::Waiting);
+                            this.state.set(match verdict {
+                                Verdict::Later => State::Waiting,
+                                _ => State::Readying,
+                            });
                         }
                         None => {
                             this.hooks
@@ -181,8 +188,13 @@ where
                     }
                 }
                 StateProj::Waiting => {
-                    if let Some(waiter) = this.waiter.as_mut() {
-                        ready!(waiter.as_mut().project().sleep.poll(cx));
+                    // Only a retry with a delay waits, on the `Sleep` it armed.
+                    if let Some(sleep) = this
+                        .waiter
+                        .as_mut()
+                        .and_then(|w| w.as_mut().project().sleep.as_pin_mut())
+                    {
+                        ready!(sleep.poll(cx));
                     }
                     this.state.set(State::Readying);
                 }
@@ -207,7 +219,8 @@ fn unreachable_state() {
     debug_assert!(false, "retry future waiting without a request to send");
 }
 
-/// Decides whether a failed result is retried and, if so, arms the waiter.
+/// Decides whether a failed result is retried and, if so, when: at once for a zero
+/// delay, else after the waiter's `Sleep`, armed here.
 #[cold]
 #[inline(never)]
 fn retry_after_failure(
@@ -224,7 +237,7 @@ fn retry_after_failure(
     }
     let waiter = waiter.get_or_insert_with(|| {
         Box::pin(Waiter {
-            sleep: tokio::time::sleep(Duration::ZERO),
+            sleep: None,
             delays: params.backoff.iter_stream(params.next_stream()),
         })
     });
@@ -246,6 +259,18 @@ fn retry_after_failure(
             return Verdict::Final;
         }
     }
+    // A wait needs a tokio timer; without a runtime the retry is not made (see the
+    // module docs, "Without a tokio runtime"). Before the budget: nothing is spent.
+    if !delay.is_zero() && tokio::runtime::Handle::try_current().is_err() {
+        tracing::warn!(
+            target: "steadfast::retry",
+            attempt = attempts,
+            delay_ms = delay.as_millis() as u64,
+            why,
+            "retry refused: its delay needs a tokio runtime, and none is running"
+        );
+        return Verdict::Final;
+    }
     if !params.budget.withdraw() {
         tracing::info!(
             target: "steadfast::retry",
@@ -262,12 +287,16 @@ fn retry_after_failure(
         why,
         "retrying"
     );
-    waiter
-        .as_mut()
-        .project()
-        .sleep
-        .reset(Instant::now() + delay);
-    Verdict::Retry
+    if delay.is_zero() {
+        return Verdict::Now;
+    }
+    let deadline = Instant::now() + delay;
+    let mut sleep = waiter.as_mut().project().sleep;
+    match sleep.as_mut().as_pin_mut() {
+        Some(armed) => armed.reset(deadline),
+        None => sleep.set(Some(tokio::time::sleep_until(deadline))),
+    }
+    Verdict::Later
 }
 
 impl<S, Req, C, R, H> fmt::Debug for ResponseFuture<S, Req, C, R, H>

@@ -66,6 +66,9 @@ impl<Req: Clone> RetryRequest<Req> for CloneRequests {
 pub trait RetryResponse<T, E> {
     /// A delay the result asks for before the next attempt (HTTP `Retry-After`): the
     /// next retry waits at least this long.
+    ///
+    /// A nonzero hint needs a tokio runtime to wait in (see the
+    /// [module docs](super#without-a-tokio-runtime)).
     fn retry_after(&self, result: &Result<T, E>) -> Option<Duration> {
         let _ = result;
         None

@@ -9,6 +9,20 @@
 //! ([`Open`](crate::breaker::error::Open)) is never retried, so once the breaker opens
 //! the retries stop with it.
 //!
+//! # Without a tokio runtime
+//!
+//! The delays are tokio timers, and a timer needs a runtime (with time enabled). A
+//! retry whose delay is zero needs none: it is made at once, with no timer, so a
+//! policy with a zero backoff works under any executor (`futures::executor::block_on`,
+//! say), as the breaker does. A retry whose delay is not zero, polled where no tokio
+//! runtime is running, is **not made**: the last result is returned as it is, as when
+//! any other limit refuses a retry, with a `warn` event (target `steadfast::retry`).
+//! Retrying at once would ignore the backoff (and a `Retry-After`), the very thing
+//! that keeps retries from hammering the downstream, and blocking the thread would
+//! stall the executor. The check is made only when a retry is decided, never on the
+//! success path. Inside a runtime built without `enable_time`, tokio itself panics when
+//! the timer is made, as for any `sleep`.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), steadfast::BoxError> {
@@ -124,6 +138,9 @@ impl Settings {
 /// [`RetryRequest`] (by default a clone: `Req: Clone`). The service is cloned once per
 /// request: the future takes the readied service and leaves the clone behind, and polls
 /// it ready again before every retry. Errors are the inner service's, unchanged.
+///
+/// Outside a tokio runtime, only retries with a zero delay are made: see the
+/// [module docs](self#without-a-tokio-runtime).
 pub struct Retry<S, C = ErrorsAsFailures, R = CloneRequests, H = NoHints> {
     inner: S,
     settings: Arc<Settings>,

@@ -100,6 +100,10 @@ impl<C, R, H> RetryPolicy<C, R, H> {
     /// `k`th request of a layer to retry uses [`Backoff::iter_stream`]`(k)` (from 0), so
     /// runs repeat exactly when requests retry in the same order, and concurrent
     /// requests still spread their retries instead of retrying in lockstep.
+    ///
+    /// A zero delay retries at once, without a timer; any other delay needs a tokio
+    /// runtime, without which the retry is not made (see the
+    /// [module docs](super#without-a-tokio-runtime)).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
