@@ -1,5 +1,5 @@
 //! The retry layer on paused time: attempts, delays, limits, budget, breaker
-//! rejections, classification, cancellation, readiness, request copies, events,
+//! rejections, classification, cancellation, readiness, request copies, events, hints,
 //! and retries outside a tokio runtime (the only tests not on paused time).
 //!
 //! Every test reads as a timeline on tokio's paused clock. The downstreams record the
@@ -21,7 +21,9 @@ use std::time::Duration;
 use steadfast::backoff::{Backoff, Jitter};
 use steadfast::breaker::error::Open;
 use steadfast::breaker::Breaker;
-use steadfast::retry::{Budget, Retry, RetryLayer, RetryPolicy, DEFAULT_MAX_ATTEMPTS};
+use steadfast::retry::{
+    Budget, Retry, RetryLayer, RetryPolicy, RetryResponse, DEFAULT_MAX_ATTEMPTS,
+};
 use steadfast::{BoxError, Outcome};
 use tokio::time::{advance, Instant};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
@@ -1242,6 +1244,64 @@ fn a_delay_without_a_runtime_returns_the_last_result_with_a_warning() {
     // A success needs no retry and no runtime.
     let mut svc = retry(plain(3, ms(10)), flaky(0, Log::default()));
     assert_eq!(block_on(call(&mut svc, ())), Ok(1));
+}
+
+// --- hints -----------------------------------------------------------------------------------
+
+/// A [`RetryResponse`] hinting `Duration::MAX` before every retry.
+#[derive(Debug, Clone, Copy)]
+struct Forever;
+
+impl<T, E> RetryResponse<T, E> for Forever {
+    fn retry_after(&self, _: &Result<T, E>) -> Option<Duration> {
+        Some(Duration::MAX)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hint_of_duration_max_waits_without_panicking() {
+    // Regression: `Instant::now() + Duration::MAX` overflowed and panicked. The
+    // deadline saturates to tokio's far future: the retry waits until dropped.
+    let log = Log::default();
+    let layer = RetryLayer::new(plain(3, ms(10)).responses(Forever)).unwrap();
+    let mut svc = tower::Layer::layer(&layer, flaky(usize::MAX, log.clone()));
+    let wakes = Arc::new(Wakes::default());
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    svc.ready().await.unwrap();
+    let mut fut = pin!(svc.call(()));
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(log.calls(), 1);
+    // A year later: still waiting, no second call.
+    advance(secs(365 * 86_400)).await;
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(log.calls(), 1);
+    assert_eq!(wakes.count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hint_of_duration_max_past_max_elapsed_is_refused_at_once() {
+    // Regression: `elapsed + Duration::MAX` overflowed and panicked (once any time had
+    // passed: here the call takes 5 ms). Saturating, the retry would end past
+    // max_elapsed: refused, the last result returned when the call ends.
+    let log = Log::default();
+    let slow = service_fn({
+        let log = log.clone();
+        move |_: ()| {
+            let n = log.push(());
+            async move {
+                tokio::time::sleep(ms(5)).await;
+                Err::<(), usize>(n)
+            }
+        }
+    });
+    let policy = plain(3, ms(10)).max_elapsed(secs(1)).responses(Forever);
+    let layer = RetryLayer::new(policy).unwrap();
+    let mut svc = tower::Layer::layer(&layer, slow);
+    let t0 = Instant::now();
+    assert_eq!(call(&mut svc, ()).await, Err(1));
+    assert_eq!(log.calls(), 1);
+    assert_eq!(t0.elapsed(), ms(5));
 }
 
 // --- configuration ---------------------------------------------------------------------------

@@ -65,6 +65,10 @@ pin_project! {
     }
 }
 
+/// How far a deadline can be: tokio's own "far future" for a `sleep` whose deadline
+/// would overflow (about 30 years).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// The policy's classifier and hooks, carried by each future.
 #[derive(Debug)]
 pub(crate) struct Hooks<C, R, H> {
@@ -247,12 +251,13 @@ fn retry_after_failure(
     let why = if is_err { "error" } else { "failure response" };
     if let (Some(max), Some(start)) = (params.max_elapsed, start) {
         let elapsed = start.elapsed();
-        if elapsed + delay > max {
+        // Saturating: a hint of `Duration::MAX` is a retry far past any limit.
+        if elapsed.saturating_add(delay) > max {
             tracing::info!(
                 target: "steadfast::retry",
                 attempt = attempts,
-                delay_ms = delay.as_millis() as u64,
-                elapsed_ms = elapsed.as_millis() as u64,
+                delay_ms = millis(delay),
+                elapsed_ms = millis(elapsed),
                 why,
                 "retry refused: it would end past max_elapsed"
             );
@@ -265,7 +270,7 @@ fn retry_after_failure(
         tracing::warn!(
             target: "steadfast::retry",
             attempt = attempts,
-            delay_ms = delay.as_millis() as u64,
+            delay_ms = millis(delay),
             why,
             "retry refused: its delay needs a tokio runtime, and none is running"
         );
@@ -283,20 +288,32 @@ fn retry_after_failure(
     tracing::debug!(
         target: "steadfast::retry",
         attempt = attempts,
-        delay_ms = delay.as_millis() as u64,
+        delay_ms = millis(delay),
         why,
         "retrying"
     );
     if delay.is_zero() {
         return Verdict::Now;
     }
-    let deadline = Instant::now() + delay;
+    let deadline = deadline(delay);
     let mut sleep = waiter.as_mut().project().sleep;
     match sleep.as_mut().as_pin_mut() {
         Some(armed) => armed.reset(deadline),
         None => sleep.set(Some(tokio::time::sleep_until(deadline))),
     }
     Verdict::Later
+}
+
+/// `delay` from now; tokio's far future when that overflows (a hint of
+/// `Duration::MAX`), as `tokio::time::sleep` does.
+fn deadline(delay: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(delay).unwrap_or_else(|| now + FAR_FUTURE)
+}
+
+/// A duration in whole milliseconds for an event field, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl<S, Req, C, R, H> fmt::Debug for ResponseFuture<S, Req, C, R, H>

@@ -67,7 +67,10 @@ pub trait RetryResponse<T, E> {
     /// A delay the result asks for before the next attempt (HTTP `Retry-After`): the
     /// next retry waits at least this long.
     ///
-    /// A nonzero hint needs a tokio runtime to wait in (see the
+    /// Any duration is accepted: one too long for the clock (`Duration::MAX`) waits
+    /// until tokio's far future (about 30 years), that is until the call is dropped,
+    /// and with [`max_elapsed`](super::RetryPolicy::max_elapsed) set such a retry is
+    /// refused at once. A nonzero hint needs a tokio runtime to wait in (see the
     /// [module docs](super#without-a-tokio-runtime)).
     fn retry_after(&self, result: &Result<T, E>) -> Option<Duration> {
         let _ = result;
