@@ -580,6 +580,8 @@ async fn after_a_30s_outage_the_first_success_comes_within_two_probe_intervals_o
         .iter()
         .find(|t| t.at >= respawned && t.state == State::Closed)
         .map(|t| ms(t.at.saturating_duration_since(restarted)));
+    let downstream_calls =
+        attempts_at_restart.saturating_sub(attempts_at_kill) + outage_probes.len();
     let attempts_after_detection = detected.map(|d| attempts_at_restart.saturating_sub(d.attempts));
     let probe_cap = (2 * OUTAGE.as_millis() / INTERVAL.as_millis()) as usize;
     let transitions_ms: Vec<String> = transitions
@@ -597,7 +599,8 @@ async fn after_a_30s_outage_the_first_success_comes_within_two_probe_intervals_o
          \x20 Retry-After of every 503: {retry_afters:?}\n\
          \x20 attempts let through to the downstream: {} from the kill to the restart, \
          {attempts_after_detection:?} of them after detection\n\
-         \x20 probes during the outage: {} (last ones at {last_outage_probes:?}ms)\n\
+         \x20 probes during the outage: {} (last ones at {last_outage_probes:?}ms); \
+         {downstream_calls} downstream calls in all\n\
          \x20 restart: respawned at {}ms, accepting at {}ms\n\
          \x20 probes after the respawn, from accepting: {probes_after_restart:?}\n\
          \x20 breaker closed {closed_after_restart:?}ms after accepting\n\
@@ -648,11 +651,24 @@ async fn after_a_30s_outage_the_first_success_comes_within_two_probe_intervals_o
         ),
     );
     // Over the whole outage, detection included, the user mostly sees rejections
-    // rather than errors from the dead downstream (96% seen; 90% leaves room).
+    // rather than errors from the dead downstream (errors seen: 4% to 7.5% of the
+    // requests; 20% leaves room).
     check(
-        !outage.is_empty() && outage_rejected * 10 >= outage.len() * 9,
+        !outage.is_empty() && outage_rejected * 5 >= outage.len() * 4,
         format!(
-            "over the outage nearly every request is answered 503, not an error: {outage_rejected} of {}",
+            "over the outage nearly every request is answered 503, not an error: \
+             {outage_rejected} of {}",
+            outage.len()
+        ),
+    );
+    // And the dead downstream sees few calls: attempts and probes together, a third
+    // of the user's requests at most (seen: about a sixth; without protection every
+    // request would be 1 to 3 attempts).
+    check(
+        downstream_calls * 3 <= outage.len(),
+        format!(
+            "the dead downstream sees few calls: {downstream_calls} attempts and probes \
+             for {} user requests",
             outage.len()
         ),
     );
