@@ -22,11 +22,11 @@ const SEED: u64 = 7;
 fn script() -> Script {
     let s = Duration::from_secs;
     Script {
-        healthy: s(5),
-        outage: s(20),
-        brownout: s(5),
+        healthy: s(10),
+        outage: s(60),
+        brownout: s(30),
         recovered: s(5),
-        flapping: s(10),
+        flapping: s(15),
         flap_down: s(2),
         flap_up: s(3),
     }
@@ -39,28 +39,48 @@ fn load() -> Load {
     }
 }
 
-fn run(kind: StackKind, seed: u64) -> sim::Run {
+fn run_script(kind: StackKind, script: &Script, load: Load, seed: u64) -> sim::Run {
     let plan = sim::Plan {
         tuning: Tuning::default(),
-        script: script(),
-        load: load(),
+        script: script.clone(),
+        load,
         seed,
     };
     sim::simulate(kind, &plan).unwrap()
 }
 
+fn run(kind: StackKind, seed: u64) -> sim::Run {
+    run_script(kind, &script(), load(), seed)
+}
+
+fn phase(f: &Figures, phase: Phase) -> &sim::PhaseFigures {
+    f.phases.iter().find(|p| p.phase == phase).unwrap()
+}
+
 fn outage_amplification(f: &Figures) -> f64 {
-    let p = f.phases.iter().find(|p| p.phase == Phase::Outage).unwrap();
+    let p = phase(f, Phase::Outage);
     assert!(p.requests > 3000, "the outage got its load: {p:?}");
     p.amplification
 }
 
+/// Calls reaching the downstream in each whole second of the hard outage.
+fn outage_seconds(run: &sim::Run, script: &Script) -> Vec<usize> {
+    let from = script.start_of(Phase::Outage).as_secs();
+    let to = script.end_of(Phase::Outage).as_secs();
+    let mut per = vec![0; (to - from) as usize];
+    for c in &run.calls {
+        let s = c.at.as_secs();
+        if (from..to).contains(&s) {
+            per[(s - from) as usize] += 1;
+        }
+    }
+    per
+}
+
 #[test]
 fn each_stack_in_a_short_incident() {
-    let figures: Vec<Figures> = StackKind::ALL
-        .iter()
-        .map(|&kind| sim::figures(&run(kind, SEED), &script()))
-        .collect();
+    let runs: Vec<sim::Run> = StackKind::ALL.iter().map(|&kind| run(kind, SEED)).collect();
+    let figures: Vec<Figures> = runs.iter().map(|r| sim::figures(r, &script())).collect();
     let of = |kind| figures.iter().find(|f| f.kind == kind).unwrap();
     let (bare, naive, retry) = (
         of(StackKind::Bare),
@@ -71,7 +91,7 @@ fn each_stack_in_a_short_incident() {
 
     // Bare sends every request to the dead downstream; the full stack at most 5% of
     // that, and after the breaker opened nothing but probes.
-    assert!(bare.outage_calls >= 4000, "{bare:?}");
+    assert!(bare.outage_calls >= 12_000, "{bare:?}");
     assert!(
         watchdog.outage_calls * 20 <= bare.outage_calls,
         "{} calls against bare's {}",
@@ -80,26 +100,37 @@ fn each_stack_in_a_short_incident() {
     );
     assert!(watchdog.detect.is_some_and(|d| d < Duration::from_secs(1)));
     assert_eq!(watchdog.user_calls_after_detect, Some(0));
-    let probes = watchdog
-        .phases
-        .iter()
-        .find(|p| p.phase == Phase::Outage)
-        .unwrap()
-        .probes;
-    assert!(probes > 0, "the watchdog probed during the outage");
+    assert!(
+        phase(watchdog, Phase::Outage).probes > 0,
+        "the watchdog probed during the outage"
+    );
     // Without a watchdog, the breaker's half-open trials are user requests.
     assert!(breaker.user_calls_after_detect.is_some_and(|n| n > 0));
 
-    // At 100% failure: naive retry triples the load, the budget holds it near 1.1x.
+    // At 100% failure: naive retry triples the load, the budget holds it near 1.1x,
+    // and in every second, not only on average (the budget's credit never comes back
+    // in one burst).
     let naive_x = outage_amplification(naive);
     let retry_x = outage_amplification(retry);
     assert!((2.9..=3.0).contains(&naive_x), "naive retry: {naive_x}");
     assert!((1.0..=1.2).contains(&retry_x), "budgeted retry: {retry_x}");
     assert!((outage_amplification(bare) - 1.0).abs() < 1e-9);
+    let run_of = |kind| runs.iter().find(|r| r.kind == kind).unwrap();
+    let bare_s = outage_seconds(run_of(StackKind::Bare), &script());
+    for (i, (r, b)) in outage_seconds(run_of(StackKind::Retry), &script())
+        .iter()
+        .zip(&bare_s)
+        .enumerate()
+    {
+        assert!(
+            *r * 10 <= *b * 12,
+            "second {i} of the outage: {r} calls, bare {b}"
+        );
+    }
 
-    // Every time the downstream comes back (each flap), a request succeeds within one
-    // probe period (the backoff's cap, jitter included) plus a probe's and a request's
-    // round trip.
+    // Every time the downstream comes back (after the outage, and each flap), a
+    // request succeeds within one probe period (the backoff's cap, jitter included)
+    // plus a probe's and a request's round trip.
     let tuning = Tuning::default();
     let bound = tuning.probe_backoff.max() + Duration::from_millis(100);
     let recover = watchdog.recover.expect("recovered after every flap");
@@ -115,8 +146,75 @@ fn each_stack_in_a_short_incident() {
 }
 
 #[test]
+fn defaults_and_adaptive_are_never_worse_than_no_protection() {
+    let tuning = Tuning::default();
+    let bare = sim::figures(&run(StackKind::Bare, SEED), &script());
+    for kind in [StackKind::Defaults, StackKind::Adaptive] {
+        let f = sim::figures(&run(kind, SEED), &script());
+        // Partial failure: at least what no protection serves.
+        for p in [Phase::Brownout, Phase::Flapping] {
+            let (ours, theirs) = (phase(&f, p).success, phase(&bare, p).success);
+            assert!(
+                ours >= theirs,
+                "{kind:?} in {p:?}: {ours:.3} < bare's {theirs:.3}"
+            );
+        }
+        // A dead downstream: at most 5% of bare's calls, none from users once open.
+        assert!(
+            f.outage_calls * 20 <= bare.outage_calls,
+            "{kind:?}: {} calls against bare's {}",
+            f.outage_calls,
+            bare.outage_calls
+        );
+        assert_eq!(f.user_calls_after_detect, Some(0), "{kind:?}");
+        assert!(phase(&f, Phase::Outage).probes > 0, "{kind:?} probed");
+        // Back within two probe intervals of each return (the outage's and each flap's).
+        let interval = match kind {
+            StackKind::Defaults => tuning.defaults_interval,
+            _ => tuning.adaptive_probe_backoff.base(),
+        };
+        let recover = f.recover.expect("recovered after every return");
+        assert!(
+            recover <= 2 * interval,
+            "{kind:?}: recovered in {recover:?}"
+        );
+    }
+}
+
+#[test]
+fn defaults_recover_within_two_probe_intervals_after_a_long_outage() {
+    let tuning = Tuning::default();
+    let s = Duration::from_secs;
+    for outage in [s(30), s(600)] {
+        let script = Script {
+            healthy: s(10),
+            outage,
+            brownout: Duration::ZERO,
+            recovered: s(10),
+            flapping: Duration::ZERO,
+            flap_down: Duration::ZERO,
+            flap_up: Duration::ZERO,
+        };
+        let load = Load {
+            clients: 5,
+            rate: 10.0,
+        };
+        let f = sim::figures(
+            &run_script(StackKind::Defaults, &script, load, SEED),
+            &script,
+        );
+        let recover = f.recover.expect("recovered");
+        assert!(
+            recover <= 2 * tuning.defaults_interval,
+            "after {outage:?} down: recovered in {recover:?}"
+        );
+        assert_eq!(f.user_calls_after_detect, Some(0), "after {outage:?}");
+    }
+}
+
+#[test]
 fn one_seed_one_result() {
-    for kind in [StackKind::Retry, StackKind::Watchdog] {
+    for kind in [StackKind::Retry, StackKind::Watchdog, StackKind::Defaults] {
         let a = run(kind, SEED);
         assert!(!a.requests.is_empty() && !a.calls.is_empty());
         assert_eq!(a, run(kind, SEED), "{kind:?}");

@@ -532,8 +532,8 @@ pub fn figures(run: &Run, script: &Script) -> Figures {
     }
 }
 
-/// Every stretch in which the downstream is back up after being hard down: from its
-/// return to its next failure (or the end).
+/// Every stretch in which the downstream answers again after being hard down (up, or
+/// slow in a brownout): from its return to its next hard failure (or the end).
 pub fn returns(script: &Script) -> Vec<(Duration, Duration)> {
     let step = Duration::from_millis(1);
     let mut out: Vec<(Duration, Duration)> = Vec::new();
@@ -541,7 +541,7 @@ pub fn returns(script: &Script) -> Vec<(Duration, Duration)> {
     let mut t = step;
     while t < script.total() {
         let (before, now) = (script.condition_at(t - step), script.condition_at(t));
-        if before == Condition::Down && now == Condition::Up {
+        if before == Condition::Down && now != Condition::Down {
             open = Some(t);
         }
         if now == Condition::Down {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use steadfast::backoff::{Backoff, Jitter};
 use steadfast::breaker::Breaker;
-use steadfast::retry::{Budget, RetryLayer, RetryPolicy};
+use steadfast::retry::{Budget, RetryLayer, RetryPolicy, DEFAULT_BACKOFF as RETRY_BACKOFF};
 use steadfast::watchdog::{Watchdog, WatchdogHandle};
 use steadfast::ConfigError;
 use tower::util::BoxCloneService;
@@ -31,16 +31,25 @@ pub enum StackKind {
     RetryBreaker,
     /// steadfast retry outside a breaker whose recovery a watchdog owns.
     Watchdog,
+    /// What a user gets from the defaults: `RetryPolicy::new()` outside
+    /// `Breaker::new`, and a watchdog with only its interval set (seeded, so a run
+    /// repeats; the seed changes no setting).
+    Defaults,
+    /// The tuned watchdog stack with an adaptive breaker: throttling sheds the excess
+    /// of partial failure, the trip rule is left for a dead downstream.
+    Adaptive,
 }
 
 impl StackKind {
-    pub const ALL: [StackKind; 6] = [
+    pub const ALL: [StackKind; 8] = [
         StackKind::Bare,
         StackKind::Naive,
         StackKind::Retry,
         StackKind::Breaker,
         StackKind::RetryBreaker,
         StackKind::Watchdog,
+        StackKind::Defaults,
+        StackKind::Adaptive,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,14 +60,9 @@ impl StackKind {
             StackKind::Breaker => "breaker",
             StackKind::RetryBreaker => "retry + breaker",
             StackKind::Watchdog => "retry + breaker + watchdog",
+            StackKind::Defaults => "defaults",
+            StackKind::Adaptive => "adaptive",
         }
-    }
-
-    fn has_breaker(self) -> bool {
-        matches!(
-            self,
-            StackKind::Breaker | StackKind::RetryBreaker | StackKind::Watchdog
-        )
     }
 }
 
@@ -87,6 +91,15 @@ pub struct Tuning {
     pub probe_timeout: Duration,
     /// ... and the passes in a row that close the breaker.
     pub healthy_threshold: u32,
+    /// The `defaults` stack's watchdog interval, its only setting.
+    pub defaults_interval: Duration,
+    /// The `adaptive` stack's breaker: its time window (throttling and the trip rule
+    /// share it), the trip rate for a dead downstream, and the throttling's `k`.
+    pub adaptive_window: Duration,
+    pub adaptive_trip: f64,
+    pub adaptive_k: f64,
+    /// The `adaptive` stack's failed-probe spacing (its interval is the max).
+    pub adaptive_probe_backoff: Backoff,
     /// How long a run waits after the last request is sent, for the last answers.
     pub drain: Duration,
 }
@@ -106,6 +119,12 @@ impl Default for Tuning {
             probe_backoff: Backoff::exponential(ms(500), ms(1000)).jitter(Jitter::Equal),
             probe_timeout: ms(1000),
             healthy_threshold: 1,
+            defaults_interval: ms(1_000),
+            adaptive_window: ms(2_500),
+            adaptive_trip: 0.95,
+            adaptive_k: 2.0,
+            adaptive_probe_backoff: Backoff::exponential(ms(1_000), ms(2_000))
+                .jitter(Jitter::Equal),
             drain: ms(10_000),
         }
     }
@@ -132,8 +151,20 @@ impl Stack {
         transport: Transport,
     ) -> Result<Self, ConfigError> {
         let (ratio, min_per_sec, ttl) = tuning.budget;
-        let breaker = if kind.has_breaker() {
-            Some(
+        let breaker = match kind {
+            StackKind::Bare | StackKind::Naive | StackKind::Retry => None,
+            // The defaults; the seed fixes the throttling's draws and the open jitter.
+            StackKind::Defaults => Some(Breaker::builder(kind.name()).seed(seed).build()?),
+            StackKind::Adaptive => Some(
+                Breaker::builder(kind.name())
+                    .failure_rate(tuning.adaptive_trip)
+                    .time_window(tuning.adaptive_window)
+                    .min_calls(tuning.min_calls)
+                    .adaptive_throttling(tuning.adaptive_k)
+                    .seed(seed)
+                    .build()?,
+            ),
+            _ => Some(
                 Breaker::builder(kind.name())
                     .failure_rate(tuning.failure_rate)
                     .count_window(tuning.window)
@@ -141,11 +172,20 @@ impl Stack {
                     .open_backoff(tuning.open_backoff.seed(seed))
                     .half_open_timeout(tuning.timeout)
                     .build()?,
-            )
-        } else {
-            None
+            ),
         };
         let watchdog = match (&breaker, kind) {
+            (Some(breaker), StackKind::Adaptive) => {
+                let probe = move || transport.clone().oneshot(Kind::Probe);
+                Some(
+                    Watchdog::builder(breaker, probe)
+                        .backoff(tuning.adaptive_probe_backoff.seed(seed ^ 0xdead_beef))
+                        .interval(tuning.adaptive_probe_backoff.base())
+                        .timeout(tuning.probe_timeout)
+                        .healthy_threshold(tuning.healthy_threshold)
+                        .spawn()?,
+                )
+            }
             (Some(breaker), StackKind::Watchdog) => {
                 let probe = move || transport.clone().oneshot(Kind::Probe);
                 Some(
@@ -157,14 +197,34 @@ impl Stack {
                         .spawn()?,
                 )
             }
+            (Some(breaker), StackKind::Defaults) => {
+                let probe = move || transport.clone().oneshot(Kind::Probe);
+                // Only the interval; the default spacing of failed probes (the
+                // interval, equal jitter), seeded.
+                let i = tuning.defaults_interval;
+                let spacing = Backoff::exponential(i, 2 * i)
+                    .jitter(Jitter::Equal)
+                    .seed(seed ^ 0xdead_beef);
+                Some(
+                    Watchdog::builder(breaker, probe)
+                        .interval(tuning.defaults_interval)
+                        .backoff(spacing)
+                        .spawn()?,
+                )
+            }
             _ => None,
+        };
+        let budget = match kind {
+            // `RetryPolicy::new()`'s budget, one for the service all clients share.
+            StackKind::Defaults => RetryPolicy::new().get_budget().clone(),
+            _ => Budget::new(ratio, min_per_sec, ttl)?,
         };
         Ok(Self {
             kind,
             tuning: tuning.clone(),
             seed,
             breaker,
-            budget: Budget::new(ratio, min_per_sec, ttl)?,
+            budget,
             watchdog,
         })
     }
@@ -187,7 +247,17 @@ impl Stack {
                 .max_attempts(t.attempts)
                 .backoff(t.retry_backoff.jitter(Jitter::None))
                 .budget(Budget::unlimited()),
-            StackKind::Retry | StackKind::RetryBreaker | StackKind::Watchdog => {
+            StackKind::Defaults => {
+                // The default policy; its backoff seeded per client, its budget shared.
+                let seed = self.seed ^ u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                RetryPolicy::new()
+                    .backoff(RETRY_BACKOFF.seed(seed))
+                    .budget(self.budget.clone())
+            }
+            StackKind::Retry
+            | StackKind::RetryBreaker
+            | StackKind::Watchdog
+            | StackKind::Adaptive => {
                 // A seeded backoff gives every request the same delays, so each client
                 // gets its own seed: clients' retries spread, runs repeat.
                 let seed = self.seed ^ u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);

@@ -35,7 +35,7 @@ pub const DEFAULT_OPEN_BACKOFF: Backoff =
 
 /// The time window of a breaker with no trip rule set, and of adaptive throttling set
 /// without a window.
-const DEFAULT_TIME_WINDOW: Duration = Duration::from_secs(4);
+const DEFAULT_TIME_WINDOW: Duration = Duration::from_millis(2_500);
 /// Adaptive throttling's multiplier in the defaults.
 const DEFAULT_THROTTLE: f64 = 2.0;
 const MAX_THROTTLE: f64 = 100.0;
@@ -91,6 +91,8 @@ pub(crate) struct Config {
     pub(crate) readiness: Readiness,
     /// Adaptive throttling's multiplier `k`; its window is `rates`' time window.
     pub(crate) throttle: Option<f64>,
+    /// Seeds the throttling draws (and the open backoff, if it has no seed).
+    pub(crate) seed: Option<u64>,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             start_open: false,
             readiness: Readiness::FailFast,
             throttle: Some(DEFAULT_THROTTLE),
+            seed: None,
         }
     }
 }
@@ -134,12 +137,13 @@ impl Default for Config {
 ///
 /// With no trip rule set, a breaker is made for an incident at any call rate:
 ///
-/// - it opens when at least 95% of the calls of the last 4 s failed, once 20 calls are
-///   in (a dead downstream; with a [watchdog](crate::watchdog), which then owns
-///   recovery);
-/// - below that it sheds load in proportion to the failures, with
-///   [`adaptive_throttling(2.0)`](Self::adaptive_throttling) over the same window: a
-///   brownout's accepted load keeps flowing, the excess is rejected fast;
+/// - it opens when at least 95% of the calls of the last 2.5 s failed, once 20 calls
+///   are in: a dead downstream (with a [watchdog](crate::watchdog), which then owns
+///   recovery). A downstream that answers some calls, or is down for less than about
+///   2 s at a time, keeps getting calls, as it would with no breaker;
+/// - below that it sheds load when fewer than half the calls succeed, with
+///   [`adaptive_throttling(2.0)`](Self::adaptive_throttling): an overloaded
+///   downstream's accepted load keeps flowing, the excess is rejected fast;
 /// - open delays: 5 s doubling to 60 s, equal jitter (unused under a watchdog);
 ///   half-open: 3 trials, each given 10 s.
 ///
@@ -149,8 +153,8 @@ impl Default for Config {
 /// throttle over, the defaults do not throttle). A rate rule set with no window counts
 /// the last 100 calls, once 20 are in.
 ///
-/// The defaults need about 5 calls a second to judge (20 calls in 4 s), as rate rules
-/// with a minimum do elsewhere; a downstream called less often than that is better
+/// The defaults need about 8 calls a second to judge (20 calls in 2.5 s), as rate
+/// rules with a minimum do elsewhere; a downstream called less often than that is better
 /// watched with [`consecutive_failures`](Self::consecutive_failures) or a watchdog's
 /// [`probe_while_closed`](crate::watchdog::WatchdogBuilder::probe_while_closed).
 ///
@@ -190,6 +194,7 @@ pub struct BreakerBuilder {
     start_open: bool,
     readiness: Readiness,
     throttle: Option<f64>,
+    seed: Option<u64>,
 }
 
 impl fmt::Debug for BreakerBuilder {
@@ -208,6 +213,7 @@ impl fmt::Debug for BreakerBuilder {
             .field("start_open", &self.start_open)
             .field("readiness", &self.readiness)
             .field("adaptive_throttling", &self.throttle)
+            .field("seed", &self.seed)
             .finish()
     }
 }
@@ -228,6 +234,7 @@ impl BreakerBuilder {
             start_open: false,
             readiness: Readiness::FailFast,
             throttle: None,
+            seed: None,
         }
     }
 
@@ -338,11 +345,14 @@ impl BreakerBuilder {
     }
 
     /// Sheds calls in proportion to how many fail: client-side adaptive throttling, as
-    /// in the Google SRE book ("Handling Overload"). Over the breaker's time window, a
-    /// call is rejected with probability
+    /// in the Google SRE book ("Handling Overload"). Over the last two lengths of the
+    /// breaker's time window, a call is rejected with probability
     /// `max(0, (requests - k * accepts - min_calls) / (requests + 1))`, where
     /// `requests` counts every call, shed ones included, and `accepts` the successes.
-    /// While at least `1 / k` of the calls succeed nothing is shed; past that, calls
+    /// Twice the window, so that a stretch the trip rules leave alone (a downstream
+    /// down for less than the window) is not remembered as a lasting lack of accepts
+    /// once it answers again.
+    /// While at least `1 / k` of the requests succeed nothing is shed; past that, calls
     /// go through at about `k` times the rate the downstream answers well, and the
     /// rest fail fast. It keeps a brownout's accepted load flowing where opening the
     /// breaker would cut it all, while the trip rules still open the breaker for a
@@ -350,14 +360,15 @@ impl BreakerBuilder {
     ///
     /// `k` is at least 1 and at most 100: 2 is the book's choice (and the
     /// default's); nearer 1 sheds sooner. The window is the
-    /// [`time_window`](Self::time_window) (4 s if none is set); `min_calls` calls are
-    /// never shed. A shed call is an [`Open`](super::error::Open) rejection with
+    /// [`time_window`](Self::time_window) (2.5 s if none is set); `min_calls` calls
+    /// are never shed. A shed call is an [`Open`](super::error::Open) rejection with
     /// [`is_shed`](super::error::Open::is_shed) true, handled as any other: never
     /// retried, a 503, counted in `Snapshot::rejected` and `Snapshot::shed`.
     ///
-    /// It assumes failures mean overload. A downstream that fails more than `1 / k` of
-    /// the calls whatever the load (a broken shard, a bad deploy) is shed to a trickle;
-    /// without throttling those calls would still have succeeded at that rate.
+    /// It assumes failures mean overload. A downstream that fails more than `1 - 1 / k`
+    /// of the calls whatever the load (a broken shard, a bad deploy) is shed to a
+    /// trickle; without throttling those calls would still have succeeded at that
+    /// rate (`tests/breaker_rules.rs` shows both cases).
     ///
     /// Costs nothing while nothing is shed, beyond the time window's clock read.
     ///
@@ -375,6 +386,15 @@ impl BreakerBuilder {
     /// ```
     pub fn adaptive_throttling(mut self, k: f64) -> Self {
         self.throttle = Some(k);
+        self
+    }
+
+    /// Fixes the breaker's random choices: the draws of adaptive throttling, and the
+    /// jitter of the open backoff unless it has a [seed](Backoff::seed) of its own.
+    /// Without it they are random; with it, the same calls get the same decisions (for
+    /// tests and simulations).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -515,15 +535,20 @@ impl BreakerBuilder {
             }
             None
         };
+        let open_backoff = match (self.seed, self.open_backoff.seed_value()) {
+            (Some(seed), None) => self.open_backoff.seed(seed),
+            _ => self.open_backoff,
+        };
         Ok(Config {
             consecutive,
             rates,
-            open_backoff: self.open_backoff,
+            open_backoff,
             half_open_calls: self.half_open_calls,
             half_open_timeout: self.half_open_timeout,
             start_open: self.start_open,
             readiness: self.readiness,
             throttle,
+            seed: self.seed,
         })
     }
 }

@@ -53,9 +53,10 @@ impl Open {
     ///
     /// - open, no watchdog: the rest of the open delay;
     /// - open, a [watchdog](crate::watchdog) attached: the time to its next probe (while
-    ///   a probe runs, to the end of its timeout), whatever the open delay;
-    /// - shed by adaptive throttling: a tenth of its window (400 ms with the defaults),
-    ///   the step at which its shedding probability moves;
+    ///   a probe runs, one interval or its timeout if shorter), whatever the open
+    ///   delay;
+    /// - shed by adaptive throttling: a tenth of the breaker's time window (250 ms with
+    ///   the defaults), the step at which the shedding probability moves;
     /// - never zero: at least 1 ms (a deadline just passed means "soon", not "now"), and
     ///   at most one day;
     /// - `None` when no time can be given: forced open (until someone resets it),

@@ -412,8 +412,8 @@ impl Core {
             p: AtomicU64::new(0),
             draws: AtomicU64::new(0),
             seed: config
-                .open_backoff
-                .seed_value()
+                .seed
+                .or(config.open_backoff.seed_value())
                 .unwrap_or_else(|| fastrand::u64(..)),
         });
         let shared = Arc::new(Shared {
@@ -833,9 +833,6 @@ impl Shared {
             }
         };
         if let (Some(totals), Some(rules)) = (totals, self.config.rates) {
-            if reason.is_none() {
-                self.rethrottle(epoch, totals);
-            }
             if totals.calls >= u64::from(rules.min_calls) {
                 let rate = |n: u64| n as f64 / totals.calls as f64;
                 if rules
@@ -850,6 +847,11 @@ impl Shared {
         }
         if let Some(reason) = reason {
             self.reopen(epoch, CLOSED, reason);
+        } else if let (Some(_), Some(Window::Time(w)), true) =
+            (&self.throttle, &self.window, failed)
+        {
+            let tick = end.map_or(0, |end| w.tick_of(end));
+            self.rethrottle(epoch, w.throttle_totals(tick));
         }
     }
 

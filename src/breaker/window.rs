@@ -160,8 +160,11 @@ impl CountWindow {
 
 /// Number of buckets in a time window: it slides in tenths.
 pub(crate) const BUCKETS: u64 = 10;
+/// Buckets kept: two windows' worth, the span adaptive throttling counts over (see
+/// [`TimeWindow::throttle_totals`]).
+const KEPT: u64 = 2 * BUCKETS;
 
-type Ring = [AtomicU64; BUCKETS as usize];
+type Ring = [AtomicU64; KEPT as usize];
 
 /// One thread's calls per bucket, and the tick its last success fell in.
 #[derive(Debug, Default)]
@@ -262,7 +265,7 @@ impl TimeWindow {
         let cache = self.id as usize % TICK_CACHES;
         let tick = with_local(|local| self.cached_tick(&local.ticks[cache], end, stripe, owned))
             .unwrap_or_else(|| self.tick_of(end));
-        bump_stamped(&stripe.ring[(tick % BUCKETS) as usize], tick, owned);
+        bump_stamped(&stripe.ring[(tick % KEPT) as usize], tick, owned);
     }
 
     /// [`tick_of`](Self::tick_of) `end`, from the thread's `cache` when `end` is in the
@@ -345,7 +348,7 @@ impl TimeWindow {
         tick: u64,
         slot: usize,
     ) -> Option<Totals> {
-        let bucket = (tick % BUCKETS) as usize;
+        let bucket = (tick % KEPT) as usize;
         let (stripe, owned) = stripe_of(slot, self.calls.len());
         bump_stamped(&self.calls[stripe].ring[bucket], tick, owned);
         if failed {
@@ -357,18 +360,28 @@ impl TimeWindow {
         (failed || slow).then(|| self.totals(tick))
     }
 
-    /// Records one call shed at `tick` by adaptive throttling; the totals after it.
+    /// Records one call shed at `tick` by adaptive throttling; the throttle's totals
+    /// after it.
     pub(crate) fn record_shed(&self, tick: u64) -> Totals {
-        bump_stamped(&self.shed[(tick % BUCKETS) as usize], tick, false);
-        self.totals(tick)
+        bump_stamped(&self.shed[(tick % KEPT) as usize], tick, false);
+        self.throttle_totals(tick)
     }
 
+    /// The totals of the last two windows, up to `tick`: adaptive throttling counts
+    /// requests and accepts over a longer span than the trip rules look at, so that a
+    /// short hard-down stretch (which the trip rules leave alone) is not remembered as
+    /// a lasting lack of accepts once the downstream answers again.
+    pub(crate) fn throttle_totals(&self, tick: u64) -> Totals {
+        self.totals_over(tick, KEPT)
+    }
+
+    /// The totals of the window up to `tick`.
     pub(crate) fn totals(&self, tick: u64) -> Totals {
-        let sum = |ring: &Ring| {
-            ring.iter()
-                .map(|c| live_count(c, tick, BUCKETS))
-                .sum::<u64>()
-        };
+        self.totals_over(tick, BUCKETS)
+    }
+
+    fn totals_over(&self, tick: u64, span: u64) -> Totals {
+        let sum = |ring: &Ring| ring.iter().map(|c| live_count(c, tick, span)).sum::<u64>();
         Totals {
             calls: self.calls.iter().map(|s| sum(&s.ring)).sum(),
             failures: sum(&self.failures),

@@ -142,20 +142,20 @@ impl Budget {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when `ratio` is outside `[0, 1000]` or NaN, or `ttl` is below
-    /// 100 ms or above one day.
+    /// A [`ConfigError`] naming `ratio` when it is outside `[0, 1000]` or NaN, or
+    /// `ttl` when it is below 100 ms or above one day.
     pub fn new(ratio: f64, min_per_sec: u32, ttl: Duration) -> Result<Self, ConfigError> {
         if !(0.0..=MAX_RATIO).contains(&ratio) {
             return Err(ConfigError::new(
-                "budget",
-                format!("ratio must be in [0, 1000], got {ratio}"),
+                "ratio",
+                format!("must be in [0, 1000], got {ratio}"),
             ));
         }
-        check_duration("budget", ttl)?;
+        check_duration("ttl", ttl)?;
         if ttl < MIN_TTL {
             return Err(ConfigError::new(
-                "budget",
-                format!("ttl must be at least 100ms, got {ttl:?}"),
+                "ttl",
+                format!("must be at least 100ms, got {ttl:?}"),
             ));
         }
         Ok(Self::checked(ratio, min_per_sec, ttl))
@@ -346,17 +346,17 @@ mod tests {
     #[test]
     fn bad_values_are_config_errors() {
         let s = Duration::from_secs;
-        for (ratio, ttl) in [
-            (-0.01, s(10)),
-            (1000.5, s(10)),
-            (f64::NAN, s(10)),
-            (f64::INFINITY, s(10)),
-            (0.2, Duration::ZERO),
-            (0.2, Duration::from_millis(99)),
-            (0.2, s(86_401)),
+        for (ratio, ttl, field) in [
+            (-0.01, s(10), "ratio"),
+            (1000.5, s(10), "ratio"),
+            (f64::NAN, s(10), "ratio"),
+            (f64::INFINITY, s(10), "ratio"),
+            (0.2, Duration::ZERO, "ttl"),
+            (0.2, Duration::from_millis(99), "ttl"),
+            (0.2, s(86_401), "ttl"),
         ] {
             let err = Budget::new(ratio, 10, ttl).unwrap_err();
-            assert_eq!(err.field(), "budget", "{ratio} {ttl:?}");
+            assert_eq!(err.field(), field, "{ratio} {ttl:?}");
         }
         for (ratio, ttl) in [
             (0.0, s(1)),

@@ -12,8 +12,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The default delays: 50 ms doubling to 2 s, full jitter.
 pub const DEFAULT_BACKOFF: Backoff =
     Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2)).jitter(Jitter::Full);
-/// The default budget's ratio: retries up to 20% of requests ...
-pub const DEFAULT_BUDGET_RATIO: f64 = 0.2;
+/// The default budget's ratio: retries up to 10% of requests (the Google SRE book's
+/// per-client retry budget) ...
+pub const DEFAULT_BUDGET_RATIO: f64 = 0.1;
 /// ... plus this many a second ...
 pub const DEFAULT_BUDGET_MIN_PER_SEC: u32 = 10;
 /// ... with credit kept this long (see [`Budget::new`]).
@@ -30,7 +31,7 @@ const MAX_ATTEMPTS: u32 = 100;
 /// to give. Otherwise the last result is returned as it is.
 ///
 /// Defaults: 3 attempts, [`DEFAULT_BACKOFF`] (50 ms doubling to 2 s, full jitter), no
-/// `max_elapsed`, a budget of 20% of requests plus 10 retries a second, credit living
+/// `max_elapsed`, a budget of 10% of requests plus 10 retries a second, credit living
 /// 10 s (a new one per `RetryPolicy::new()`, shared by every clone), every `Err`
 /// retried.
 ///

@@ -66,11 +66,12 @@ pub use self::probe::Probe;
 
 /// Time between probes while they pass (default).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-/// Time between failed probes with the default interval: 0.5 to 1 s (the interval,
-/// equal jitter). Without [`WatchdogBuilder::backoff`] the spacing follows the
-/// interval that is set.
+/// Time between failed probes with the default interval: 1 s doubling to 2 s, equal
+/// jitter. Without [`WatchdogBuilder::backoff`] the spacing follows the interval that
+/// is set.
 #[deprecated(note = "the default backoff follows `interval`; see `WatchdogBuilder::backoff`")]
-pub const DEFAULT_BACKOFF: Backoff = Backoff::constant(DEFAULT_INTERVAL).jitter(Jitter::Equal);
+pub const DEFAULT_BACKOFF: Backoff =
+    Backoff::exponential(DEFAULT_INTERVAL, Duration::from_secs(2)).jitter(Jitter::Equal);
 /// How long one probe may take (default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Passes in a row that close the breaker (default).
@@ -102,8 +103,10 @@ pub(crate) struct Config {
 impl Config {
     /// The spacing of failed probes: as set, or the interval with equal jitter.
     pub(crate) fn backoff(&self) -> Backoff {
-        self.backoff
-            .unwrap_or(Backoff::constant(self.interval).jitter(Jitter::Equal))
+        self.backoff.unwrap_or(
+            Backoff::exponential(self.interval, self.interval.saturating_mul(2))
+                .jitter(Jitter::Equal),
+        )
     }
 }
 
@@ -135,18 +138,20 @@ impl Watchdog {
 ///
 /// # Defaults
 ///
-/// - `interval`: 1 s; failed probes are spaced by the interval with equal jitter
-///   (each wait between half the interval and the interval), so after an outage of
-///   any length the first probe after the downstream's return comes within one
-///   interval, and one passing probe (`healthy_threshold` 1) closes the breaker;
+/// - `interval`: 1 s. Failed probes are spaced from the interval to twice it, equal
+///   jitter (the first wait between half the interval and the interval, then between
+///   the interval and twice it), so after an outage of any length the first probe after
+///   the downstream's return comes within two intervals; one passing probe
+///   (`healthy_threshold` 1) closes the breaker;
 /// - `timeout`: 5 s per probe; `probe_while_closed`: off (`unhealthy_threshold` 3);
 ///   `max_trips`: never escalate.
 ///
-/// The load on a dead downstream: one probe at a time per breaker, at most two per
-/// interval (the shortest wait is half of it), so with the defaults at most 2 probes
-/// a second per breaker per process, and a fleet of `n` processes at most `2 n` a
-/// second. Set a [`backoff`](Self::backoff) that grows to trade a slower first probe
-/// after a long outage for fewer probes during it.
+/// The load on a dead downstream: one probe at a time per breaker, two in the first
+/// interval after a trip at most, then at most one per interval: with the defaults, at
+/// most one probe a second per breaker per process once an outage has lasted a few
+/// seconds (about one per 1.5 s on average), and for a fleet of `n` processes at most
+/// `n` a second. Set a [`backoff`](Self::backoff) that grows further to trade a later
+/// first probe after a long outage for fewer probes during it.
 #[must_use = "a watchdog does nothing until spawned"]
 pub struct WatchdogBuilder<P> {
     breaker: Breaker,
@@ -177,10 +182,9 @@ impl<P: Probe> WatchdogBuilder<P> {
     }
 
     /// Time between failed probes: the next delay after each failure in a row,
-    /// jittered (default: the [`interval`](Self::interval) with equal jitter, between
-    /// half the interval and the interval). Escalated, the watchdog waits the
-    /// backoff's max. Its max is also the longest a downstream that came back waits
-    /// for its first probe.
+    /// jittered (default: from the [`interval`](Self::interval) to twice it, equal
+    /// jitter). Escalated, the watchdog waits the backoff's max. Its max is also the
+    /// longest a downstream that came back waits for its first probe.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config.backoff = Some(backoff);
         self

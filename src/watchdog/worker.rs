@@ -207,8 +207,10 @@ impl<P: Probe> Runner<P> {
             self.next_probe = now + self.config.interval;
             return Wake::Look;
         };
-        // While it runs, the answer comes by the end of its timeout.
-        shared.set_watchdog_eta(now.checked_add(self.config.timeout));
+        // While it runs: the answer is expected within an interval (or its timeout,
+        // if shorter); a caller told so comes back about when the breaker may close.
+        let expected = self.config.timeout.min(self.config.interval);
+        shared.set_watchdog_eta(now.checked_add(expected));
         let passed = match self.probe_once().await {
             Some(passed) => passed,
             None => return Wake::Stop,

@@ -427,8 +427,14 @@ pub fn backoff(data: &[u8]) {
 pub fn budget(data: &[u8]) {
     let mut input = Input::new(data);
     let (ratio, min_per_sec, ttl) = (input.f64(), input.u32(), input.duration());
-    let valid = (0.0..=1000.0).contains(&ratio) && ttl >= Duration::from_millis(100) && ttl <= DAY;
-    let bad: &[&str] = if valid { &[] } else { &["budget"] };
+    let ratio_ok = (0.0..=1000.0).contains(&ratio);
+    let ttl_ok = ttl >= Duration::from_millis(100) && ttl <= DAY;
+    // The first bad value is named: the ratio is checked first.
+    let bad: &[&str] = match (ratio_ok, ttl_ok) {
+        (true, true) => &[],
+        (false, _) => &["ratio"],
+        (true, false) => &["ttl"],
+    };
     let what = format!("Budget::new({ratio}, {min_per_sec}, {ttl:?})");
     if let Some(budget) = expect_split(&what, Budget::new(ratio, min_per_sec, ttl), bad) {
         let balance = budget.balance().expect("a limited budget has a balance");
