@@ -170,6 +170,26 @@ fn steadfast_time_window(
     breaker.layer().layer(inner())
 }
 
+/// steadfast: the time window with adaptive throttling on (nothing to shed on a clean
+/// path): the cost of the feature is this row less `steadfast/time_window`.
+fn steadfast_time_window_throttled(
+) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
+    let breaker = steadfast::breaker::Breaker::builder("b")
+        .failure_rate(0.5)
+        .time_window(Duration::from_secs(10))
+        .adaptive_throttling(2.0)
+        .build()
+        .expect("valid steadfast config");
+    breaker.layer().layer(inner())
+}
+
+/// steadfast: `Breaker::new`, the defaults (95% over a 2.5 s time window, adaptive
+/// throttling).
+fn steadfast_defaults(
+) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
+    steadfast::breaker::Breaker::new("b").layer().layer(inner())
+}
+
 /// steadfast: trip at >= 50% calls slower than 1 s over the last 100 calls. The rule
 /// reads the clock at the start and at the end of each call.
 fn steadfast_slow_call(
@@ -331,6 +351,13 @@ macro_rules! rows {
             "steadfast/time_window",
             steadfast_time_window(),
         );
+        $bench(
+            $group,
+            $rt,
+            "steadfast/time_window_throttled",
+            steadfast_time_window_throttled(),
+        );
+        $bench($group, $rt, "steadfast/defaults", steadfast_defaults());
         $bench($group, $rt, "steadfast/slow_call", steadfast_slow_call());
         $bench($group, $rt, "failsafe/consecutive", failsafe_consecutive());
         $bench($group, $rt, "failsafe/time_window", failsafe_time_window());

@@ -24,10 +24,10 @@
 //! The `/stock` route is a tower stack: axum's `HandleErrorLayer` (connect errors
 //! become `502`, timeouts `504`) over [`OpenAsResponseLayer`] (breaker rejections
 //! become `503`) over the handler, a `service_fn` that calls the protected client and
-//! returns its errors as they are. (Here the `503` has no `Retry-After`: while a
-//! watchdog owns recovery the breaker cannot tell when it will close, so the rejection's
-//! `retry_after` is `None` and the header is left out; without a watchdog it is the
-//! rest of the open delay, in whole seconds rounded up.)
+//! returns its errors as they are. (Here the `503`'s `Retry-After` is the time to the
+//! watchdog's next probe, in whole seconds rounded up, so never `0`: `1` with these
+//! sub-second probes; without a watchdog it would be the rest of the open delay. See
+//! `Open::retry_after` for the one rule.)
 //!
 //! The demo drives itself: a plain hyper client plays the user and prints what it sees
 //! (status, `Retry-After`, body) while the script stops and restarts inventory. Breaker

@@ -23,7 +23,11 @@
 //! - `retry + breaker`: steadfast retry outside that breaker;
 //! - `retry + breaker + watchdog`: the same, with a watchdog owning recovery: it probes
 //!   every 0.5 to 1 s (equal jitter) while the downstream fails, and closes the breaker
-//!   on the first passing probe.
+//!   on the first passing probe;
+//! - `defaults`: `RetryPolicy::new()` outside `Breaker::new`, and a watchdog with only
+//!   `interval(1 s)` set (seeded, so that a run repeats);
+//! - `adaptive`: the defaults' rules written out (95% failures over 2.5 s, adaptive
+//!   throttling with k = 2) with the tuned retry and a watchdog probing 1 to 2 s apart.
 //!
 //! The simulation runs on tokio's paused clock: the 3-minute incident takes seconds, and
 //! the same seed prints the same tables. The tables are printed as Markdown; the CSV
@@ -216,7 +220,8 @@ fn incident(args: &Incident, cli: &Cli) -> Result<(), BoxError> {
     println!("{}", report::phase_table(&figures));
     println!(
         "The hard outage ({:?}), and the recovery: from each return of the downstream \
-         after being down (every flap) to the first request that succeeded, the worst:\n",
+         after being hard down (the end of the outage, and every flap) to the first \
+         request that succeeded, the worst:\n",
         script.outage
     );
     println!("{}", report::incident_table(&figures));
