@@ -2,40 +2,79 @@
 //!
 //! When a downstream dies, a naive client keeps hammering it, piles up timeouts, and
 //! the usual fix is to let the worker crash and be restarted. steadfast lets the worker
-//! handle that known failure where it happens instead:
+//! handle that known failure where it happens instead, with layers for a tower
+//! [`ServiceBuilder`](https://docs.rs/tower/0.5/tower/builder/struct.ServiceBuilder.html).
 //!
-//! - a [circuit breaker](breaker) stops calling a failing downstream and fails fast
-//!   with a typed error that says when to retry;
-//! - [`retry`] absorbs transient failures with jittered backoff, inside a budget that
-//!   keeps an outage from turning into a retry storm;
-//! - [`backoff`] gives the growing, jittered delays both wait.
+//! # Which layer for which failure
 //!
-//! Every timing rule runs on [`tokio::time`], so it can be tested on paused time, and
-//! every bad setting is a [`ConfigError`] from `build()`, never a panic.
+//! | the downstream... | use | what it does |
+//! | --- | --- | --- |
+//! | fails a call now and then (a blip) | [`retry`] | retries with jittered [`backoff`], inside a [budget](retry::Budget) that keeps an outage from becoming a retry storm |
+//! | is dead | [`breaker`] | stops calling it and fails fast with a typed [`Open`](breaker::error::Open) error that says when to retry |
+//! | comes back | [`watchdog`] | probes it while the breaker is open and closes the breaker when it answers, so user requests are never the probes |
+//! | is overloaded, answering some calls | [`breaker`]'s [adaptive throttling](breaker::BreakerBuilder::adaptive_throttling) | sheds the calls it cannot take, keeps the rest flowing |
+//! | is slow | a timeout (tower's), and a breaker's [`slow_calls`](breaker::BreakerBuilder::slow_calls) rule | bounds each attempt; opens when too many calls are slow |
+//! | is one bad host of several | [`keyed`] breakers, or a breaker per endpoint with [`Readiness::Wait`](breaker::Readiness::Wait) behind a balancer | takes that host out, keeps the others |
+//! | keeps failing, again and again | the watchdog's [`max_trips`](watchdog::WatchdogBuilder::max_trips) and [`health`] | reports the service not ready instead of crashing it |
+//!
+//! With the `http` feature, [`http`] adds HTTP classifiers, `Retry-After`, retries of
+//! idempotent requests with their bodies replayed, and rejections as `503`.
+//!
+//! # How they stack
+//!
+//! Retry outside the breaker, the breaker outside the timeout:
+//!
+//! - the timeout bounds each attempt, and the breaker counts each timed-out attempt as
+//!   a failure (each attempt is one breaker call);
+//! - the retry layer sees the breaker's rejections and never retries them: an open
+//!   breaker ends a request at once instead of multiplying it.
 //!
 //! ```
-//! # #[tokio::main(flavor = "current_thread")]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), steadfast::BoxError> {
 //! use std::time::Duration;
 //! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //! use steadfast::breaker::Breaker;
+//! use steadfast::retry::{RetryLayer, RetryPolicy};
+//! use steadfast::watchdog::Watchdog;
 //!
-//! let breaker = Breaker::builder("users-api")
-//!     .consecutive_failures(5)
-//!     .failure_rate(0.5)
-//!     .count_window(100)
-//!     .build()?;
+//! // The defaults are made for an incident; see each builder's `# Defaults`.
+//! let breaker = Breaker::new("users-api");
+//! let watchdog = Watchdog::builder(&breaker, || async {
+//!     Ok::<_, std::io::Error>(()) // a health check of users-api
+//! })
+//! .interval(Duration::from_secs(1))
+//! .spawn()?;
 //!
 //! let mut client = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(RetryPolicy::new())?)
 //!     .layer(breaker.layer())
 //!     .timeout(Duration::from_secs(2))
 //!     .service(service_fn(|id: u32| async move { Ok::<_, std::io::Error>(id * 2) }));
 //!
 //! let answer = client.ready().await?.call(21).await?;
 //! assert_eq!(answer, 42);
+//! watchdog.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # The modules
+//!
+//! - [`backoff`]: delays that grow and jitter (none, full, equal, decorrelated),
+//!   seedable; used by retries, open delays and probes.
+//! - [`breaker`]: the circuit breaker, its trip rules, adaptive throttling, and
+//!   [`Readiness`](breaker::Readiness) for balancers.
+//! - [`retry`]: the retry layer, its policy and its budget.
+//! - [`watchdog`]: probing a dead downstream, and restart intensity (escalation).
+//! - [`health`]: readiness from breakers, for `/ready` and `/health` routes.
+//! - [`keyed`]: a breaker per key of the request, with bounded memory.
+//! - [`http`] (feature `http`): HTTP classifiers, retries and responses.
+//!
+//! Every timing rule runs on tokio's clock
+//! ([`tokio::time`](https://docs.rs/tokio/1/tokio/time/index.html)), so it can be
+//! tested on paused time, and every bad setting is a [`ConfigError`] from `build()`,
+//! never a panic.
 #![warn(
     missing_docs,
     missing_debug_implementations,
