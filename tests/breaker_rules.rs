@@ -555,3 +555,48 @@ async fn a_call_from_before_a_trip_does_not_count_after_it() {
     let snap = breaker.snapshot();
     assert_eq!((snap.trips, snap.failures), (1, 4));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_shed_call_is_never_retried() {
+    use steadfast::breaker::error::Open;
+    use steadfast::retry::{RetryLayer, RetryPolicy};
+    use tower::{Layer, Service, ServiceExt};
+    let breaker = Breaker::builder("throttled")
+        .consecutive_failures(1_000)
+        .adaptive_throttling(1.0)
+        .min_calls(1)
+        .seed(3)
+        .build()
+        .unwrap();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    let inner = tower::service_fn(move |_: u32| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>("overloaded") }
+    });
+    let mut svc = RetryLayer::new(
+        RetryPolicy::new()
+            .max_attempts(3)
+            .backoff(Backoff::constant(ms(0))),
+    )
+    .unwrap()
+    .layer(breaker.layer().layer(inner));
+    // Every attempt fails: soon nearly every call is shed.
+    let mut shed = 0;
+    for i in 0..200 {
+        let before = reached.load(Ordering::SeqCst);
+        let err = svc.ready().await.unwrap().call(i).await.unwrap_err();
+        if let Some(open) = err.downcast_ref::<Open>() {
+            assert!(open.is_shed());
+            shed += 1;
+            // Shed on its first attempt: the retry layer did not try again. (A shed
+            // on a later attempt ends the request too; then the earlier attempts
+            // reached the downstream.)
+            assert!(reached.load(Ordering::SeqCst) - before <= 2, "request {i}");
+        } else {
+            assert_eq!(reached.load(Ordering::SeqCst) - before, 3, "request {i}");
+        }
+    }
+    assert!(shed > 100, "{shed} of 200 requests ended shed");
+    assert_eq!(breaker.snapshot().shed, shed);
+}
