@@ -7,11 +7,6 @@
 //! fixed array of stripes covers every thread of a typical runtime; threads beyond it
 //! share one last stripe updated with `fetch_add`.
 
-use std::cell::Cell;
-use std::sync::Arc;
-
-use crate::breaker::machine::Shard;
-use crate::breaker::window::{TickCache, TICK_CACHES};
 use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Adds one to a counter; `owned` when only this thread ever writes it.
@@ -24,29 +19,50 @@ pub(crate) fn bump(counter: &AtomicU64, owned: bool) {
     }
 }
 
-/// A thread slot: a small number unique among live threads. Slots are reused after a
-/// thread exits, so they stay dense. The mutex hand-over on exit orders the old
-/// thread's last counter stores before the new holder's first load.
-struct ThreadSlot(usize);
+/// A numbering of thread slots. Each user that keeps its own thread-local slot takes
+/// it from its own numbering, so that every numbering stays dense (a thread holding a
+/// slot in two numberings would otherwise leave a gap in each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pool {
+    /// This module's slot: retry budgets and handle spreading.
+    General = 0,
+    /// The breaker's per-thread state (`breaker::local`).
+    Breaker = 1,
+}
+
+const POOLS: usize = 2;
+
+/// A thread slot: a small number unique among the live threads holding one from the
+/// same [`Pool`]. Slots are reused after a thread exits, so they stay dense. The mutex
+/// hand-over on exit orders the old thread's last counter stores before the new
+/// holder's first load.
+#[derive(Debug)]
+pub(crate) struct ThreadSlot {
+    pool: Pool,
+    slot: usize,
+}
 
 #[cfg(not(steadfast_loom))]
 mod slots {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     use std::sync::{Mutex, PoisonError};
 
-    static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-    static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+    use super::POOLS;
 
-    pub(super) fn acquire() -> usize {
-        let reused = FREE_SLOTS
+    static FREE_SLOTS: [Mutex<Vec<usize>>; POOLS] =
+        [Mutex::new(Vec::new()), Mutex::new(Vec::new())];
+    static NEXT_SLOT: [AtomicUsize; POOLS] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+    pub(super) fn acquire(pool: usize) -> usize {
+        let reused = FREE_SLOTS[pool]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        reused.unwrap_or_else(|| NEXT_SLOT.fetch_add(1, Relaxed))
+        reused.unwrap_or_else(|| NEXT_SLOT[pool].fetch_add(1, Relaxed))
     }
 
-    pub(super) fn release(slot: usize) {
-        FREE_SLOTS
+    pub(super) fn release(pool: usize, slot: usize) {
+        FREE_SLOTS[pool]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(slot);
@@ -61,65 +77,41 @@ mod slots {
     use crate::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
     loom::lazy_static! {
-        static ref NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+        static ref NEXT_SLOT: [AtomicUsize; super::POOLS] = [AtomicUsize::new(0), AtomicUsize::new(0)];
     }
 
-    pub(super) fn acquire() -> usize {
-        NEXT_SLOT.fetch_add(1, Relaxed)
+    pub(super) fn acquire(pool: usize) -> usize {
+        NEXT_SLOT[pool].fetch_add(1, Relaxed)
     }
 
-    pub(super) fn release(_slot: usize) {}
+    pub(super) fn release(_pool: usize, _slot: usize) {}
 }
 
 impl ThreadSlot {
-    fn acquire() -> Self {
-        ThreadSlot(slots::acquire())
+    /// Takes the lowest free slot of `pool`, for the calling thread to keep in a
+    /// thread-local until it exits.
+    pub(crate) fn acquire(pool: Pool) -> Self {
+        ThreadSlot {
+            pool,
+            slot: slots::acquire(pool as usize),
+        }
+    }
+
+    /// The slot's number.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> usize {
+        self.slot
     }
 }
 
 impl Drop for ThreadSlot {
     fn drop(&mut self) {
-        slots::release(self.0);
-    }
-}
-
-/// What each thread keeps: its slot, and the breaker shard its last finished call
-/// left for its next one (see [`Local::lease`]).
-pub(crate) struct Local {
-    slot: ThreadSlot,
-    /// A breaker call must keep its breaker alive until its outcome is counted, and
-    /// cloning and dropping an `Arc` for each call are two atomic read-modify-writes,
-    /// more than the rest of a closed-state call. A finished call leaves its shard
-    /// here and the thread's next call through the same breaker takes it back, doing
-    /// neither. It holds one shard per thread, so a dropped breaker's shared state (not
-    /// its watchdogs, which follow the `Breaker` handles) lives on until the thread's
-    /// next call through another breaker, or its exit.
-    pub(crate) lease: Cell<Option<Arc<Shard>>>,
-    /// Where the thread's last successes in time windows fell (see [`TickCache`]).
-    pub(crate) ticks: [Cell<TickCache>; TICK_CACHES],
-}
-
-impl Local {
-    /// This thread's slot.
-    #[inline(always)]
-    pub(crate) fn slot(&self) -> usize {
-        self.slot.0
+        slots::release(self.pool as usize, self.slot);
     }
 }
 
 crate::sync::thread_local! {
-    static LOCAL: Local = Local {
-        slot: ThreadSlot::acquire(),
-        lease: Cell::new(None),
-        ticks: Default::default(),
-    };
-}
-
-/// Runs `f` with this thread's [`Local`]; `None` while thread-locals are being torn
-/// down (`f` is not run then).
-#[inline(always)]
-pub(crate) fn with_local<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
-    LOCAL.try_with(f).ok()
+    static SLOT: ThreadSlot = ThreadSlot::acquire(Pool::General);
 }
 
 /// The machine's parallelism, for sizing stripe arrays (4 if unknown); asked of the
@@ -155,10 +147,11 @@ pub(crate) fn handle(len: usize) -> usize {
     thread_slot() & (len - 1)
 }
 
-/// This thread's slot; `usize::MAX` while thread-locals are being torn down.
+/// This thread's slot in the [`Pool::General`] numbering; `usize::MAX` while
+/// thread-locals are being torn down.
 #[inline]
 pub(crate) fn thread_slot() -> usize {
-    with_local(Local::slot).unwrap_or(usize::MAX)
+    SLOT.try_with(ThreadSlot::get).unwrap_or(usize::MAX)
 }
 
 // --- stamped counters ----------------------------------------------------------------------

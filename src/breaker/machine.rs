@@ -27,11 +27,12 @@ use tokio::sync::{futures::OwnedNotified, watch, Notify};
 use tokio::time::Instant;
 
 use super::builder::{Config, WindowKind};
+use super::local::{thread_slot, with_local, Local};
 use super::window::{CachePadded, CountWindow, TimeWindow, Totals};
 use super::State;
 use crate::backoff;
 use crate::config::{nanos, nanos_since};
-use crate::stripe::{bump, parallelism, thread_slot, with_local, Local};
+use crate::stripe::{bump, parallelism};
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use crate::sync::{Mutex, MutexGuard};
 use crate::Outcome;

@@ -60,6 +60,7 @@ use tokio::sync::watch;
 mod builder;
 mod event;
 mod layer;
+mod local;
 pub(crate) mod machine;
 pub(crate) mod service;
 pub(crate) mod window;

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::local::with_local;
 use crate::config::{nanos, nanos_since};
-use crate::stripe::{bump_stamped, live_count, parallelism, stamp, stripe_of, with_local};
+use crate::stripe::{bump_stamped, live_count, parallelism, stamp, stripe_of};
 use crate::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Calls, failures and slow calls currently in a window.
@@ -183,7 +184,7 @@ struct Stripe {
 /// one) finds its tick with two comparisons of instants, without the subtraction and
 /// conversion that turn the instant into nanoseconds since the breaker's start; and as
 /// the branch they feed is predictable, counting need not wait for the clock read.
-/// Each thread keeps [`TICK_CACHES`] of them (see [`crate::stripe::Local`]), one per
+/// Each thread keeps [`TICK_CACHES`] of them (see [`super::local::Local`]), one per
 /// window id modulo that: a thread calling a few breakers in turn finds each one's.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct TickCache {
