@@ -62,6 +62,7 @@ mod event;
 mod layer;
 mod local;
 pub(crate) mod machine;
+mod recovery;
 pub(crate) mod service;
 pub(crate) mod window;
 
@@ -79,11 +80,7 @@ pub use self::service::BreakerService;
 
 pub(crate) use self::builder::Config;
 pub(crate) use self::machine::Core;
-
-/// The breaker's shared state, for the watchdog.
-pub(crate) mod machine_shared {
-    pub(crate) use super::machine::Shared;
-}
+pub(crate) use self::recovery::Recovery;
 
 /// The state of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -277,21 +274,9 @@ impl Breaker {
         self.core.shared.is_escalated()
     }
 
-    pub(crate) fn shared(&self) -> &Arc<machine::Shared> {
-        &self.shared
-    }
-
-    pub(crate) fn downgrade(&self) -> std::sync::Weak<Core> {
-        Arc::downgrade(&self.core)
-    }
-
     pub(crate) fn from_core(core: Arc<Core>) -> Self {
         let shared = core.shared.clone();
         Self { core, shared }
-    }
-
-    pub(crate) fn alive(&self) -> watch::Receiver<()> {
-        self.core.alive()
     }
 
     /// A [`BreakerLayer`] applying this breaker, with the default classifier.

@@ -56,7 +56,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use crate::backoff::{Backoff, Jitter};
-use crate::breaker::{Breaker, Snapshot};
+use crate::breaker::{Breaker, Recovery, Snapshot};
 use crate::config::{check_duration, ConfigError};
 
 pub mod probe;
@@ -267,8 +267,8 @@ impl<P: Probe> WatchdogBuilder<P> {
         self.check()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = oneshot::channel();
-        let shared = self.breaker.shared().clone();
-        let name = shared.name.clone();
+        let shared = Recovery::of(&self.breaker);
+        let name = shared.name().clone();
         let run = worker::run(self.breaker, self.probe, self.config, stop_rx, done_tx);
         Ok((
             WatchdogHandle {
@@ -302,7 +302,7 @@ impl<P: Probe> WatchdogBuilder<P> {
 /// until every [`Breaker`] clone is gone.
 #[must_use = "dropping the handle detaches the watchdog; keep it to shut it down"]
 pub struct WatchdogHandle {
-    shared: Arc<crate::breaker::machine_shared::Shared>,
+    shared: Recovery,
     stop: watch::Sender<bool>,
     done: oneshot::Receiver<()>,
 }
@@ -330,7 +330,7 @@ impl WatchdogHandle {
 impl fmt::Debug for WatchdogHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WatchdogHandle")
-            .field("breaker", &self.shared.name)
+            .field("breaker", self.shared.name())
             .field("escalated", &self.is_escalated())
             .finish()
     }

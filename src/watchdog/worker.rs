@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -12,20 +12,19 @@ use tokio::time::Instant;
 use super::probe::CatchUnwind;
 use super::{Config, Probe};
 use crate::backoff;
-use crate::breaker::machine_shared::Shared;
-use crate::breaker::{Breaker, Core, State};
+use crate::breaker::{Breaker, Recovery, State};
 
 /// Attached from creation to drop: detaching, clearing escalation, and giving back the
 /// probe lock even if the worker is dropped halfway through a probe.
 struct Attached {
-    shared: Arc<Shared>,
+    shared: Arc<Recovery>,
     /// Whether this watchdog's escalation is counted on the breaker.
     escalated: bool,
 }
 
 impl Attached {
-    fn new(shared: Arc<Shared>) -> Self {
-        shared.attach_watchdog();
+    fn new(shared: Arc<Recovery>) -> Self {
+        shared.attach();
         Self {
             shared,
             escalated: false,
@@ -43,17 +42,17 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        self.shared.set_watchdog_eta(None);
+        self.shared.set_next_probe(None);
         self.set_escalated(false);
-        self.shared.detach_watchdog();
+        self.shared.detach();
     }
 }
 
 /// The breaker's probe lock, held for one probe.
-struct ProbeLock<'a>(&'a Shared);
+struct ProbeLock<'a>(&'a Recovery);
 
 impl<'a> ProbeLock<'a> {
-    fn try_new(shared: &'a Shared) -> Option<Self> {
+    fn try_new(shared: &'a Recovery) -> Option<Self> {
         // `then`, not `then_some`: a lock built eagerly and dropped on failure would
         // release the lock another watchdog holds.
         shared.try_lock_probe().then(|| ProbeLock(shared))
@@ -77,7 +76,6 @@ enum Wake {
 
 struct Runner<P> {
     attached: Attached,
-    core: Weak<Core>,
     alive: watch::Receiver<()>,
     states: watch::Receiver<State>,
     stop: watch::Receiver<bool>,
@@ -102,10 +100,9 @@ pub(super) fn run<P: Probe>(
     done: oneshot::Sender<()>,
 ) -> impl Future<Output = ()> + Send {
     // Keep nothing that holds the breaker alive: the task ends with the last clone.
-    let shared = breaker.shared().clone();
+    let shared = Arc::new(Recovery::of(&breaker));
     let runner = Runner {
-        core: breaker.downgrade(),
-        alive: breaker.alive(),
+        alive: Recovery::alive(&breaker),
         states: breaker.subscribe(),
         stop,
         delays: config.backoff().iter(),
@@ -129,11 +126,11 @@ pub(super) fn run<P: Probe>(
 
 impl<P: Probe> Runner<P> {
     async fn run(mut self) {
-        let name = self.attached.shared.name.clone();
+        let name = self.attached.shared.name().clone();
         tracing::debug!(target: "steadfast::watchdog", breaker = &*name, "watchdog started");
         let mut last = None;
         loop {
-            if self.core.strong_count() == 0 || *self.stop.borrow() {
+            if self.attached.shared.is_gone() || *self.stop.borrow() {
                 break;
             }
             let now = Instant::now();
@@ -169,12 +166,12 @@ impl<P: Probe> Runner<P> {
         match state {
             State::ForcedClosed => {
                 self.closed_since = Some(now);
-                self.attached.shared.set_watchdog_eta(None);
+                self.attached.shared.set_next_probe(None);
             }
             State::Closed => {
                 self.closed_since = Some(now);
                 self.next_probe = now + self.config.probe_while_closed.unwrap_or_default();
-                self.attached.shared.set_watchdog_eta(None);
+                self.attached.shared.set_next_probe(None);
             }
             _ => {
                 self.closed_since = None;
@@ -194,7 +191,7 @@ impl<P: Probe> Runner<P> {
     /// `Retry-After` of an HTTP 503): a caller retrying then finds the breaker closed
     /// if that probe passes and closes it.
     fn publish_eta(&self) {
-        self.attached.shared.set_watchdog_eta(Some(self.next_probe));
+        self.attached.shared.set_next_probe(Some(self.next_probe));
     }
 
     async fn while_open(&mut self, now: Instant) -> Wake {
@@ -210,7 +207,7 @@ impl<P: Probe> Runner<P> {
         // While it runs: the answer is expected within an interval (or its timeout,
         // if shorter); a caller told so comes back about when the breaker may close.
         let expected = self.config.timeout.min(self.config.interval);
-        shared.set_watchdog_eta(now.checked_add(expected));
+        shared.set_next_probe(now.checked_add(expected));
         let passed = match self.probe_once().await {
             Some(passed) => passed,
             None => return Wake::Stop,
@@ -222,7 +219,7 @@ impl<P: Probe> Runner<P> {
             self.delays.reset();
             if self.passes >= self.config.healthy_threshold {
                 self.passes = 0;
-                shared.close_by_probe();
+                shared.close();
                 return Wake::Look;
             }
             self.next_probe = now + self.config.interval;
@@ -282,7 +279,7 @@ impl<P: Probe> Runner<P> {
             self.failures += 1;
             if self.failures >= self.config.unhealthy_threshold {
                 self.failures = 0;
-                shared.open_by_probe();
+                shared.open();
             }
         }
         Wake::Look
@@ -290,7 +287,7 @@ impl<P: Probe> Runner<P> {
 
     /// Runs one probe; `None` if the watchdog must stop meanwhile.
     async fn probe_once(&mut self) -> Option<bool> {
-        let name = self.attached.shared.name.clone();
+        let name = self.attached.shared.name().clone();
         let started = match catch_unwind(AssertUnwindSafe(|| self.probe.probe())) {
             Ok(future) => future,
             Err(_) => {
@@ -378,16 +375,17 @@ impl<P: Probe> Runner<P> {
         let shared = &self.attached.shared;
         tracing::error!(
             target: "steadfast::watchdog",
-            breaker = &*shared.name,
+            breaker = &**shared.name(),
             trips = self.trip_times.len(),
             max_trips = max,
             within_ms = within.as_millis() as u64,
             "dependency escalated: the breaker trips too often; reporting not ready"
         );
-        if let (Some(on_escalate), Some(core)) = (&self.config.on_escalate, self.core.upgrade()) {
-            let snapshot = Breaker::from_core(core).snapshot();
+        if let (Some(on_escalate), Some(snapshot)) =
+            (&self.config.on_escalate, self.attached.shared.snapshot())
+        {
             if catch_unwind(AssertUnwindSafe(|| on_escalate(&snapshot))).is_err() {
-                tracing::warn!(target: "steadfast::watchdog", breaker = &*shared.name, "on_escalate panicked");
+                tracing::warn!(target: "steadfast::watchdog", breaker = &**shared.name(), "on_escalate panicked");
             }
         }
     }
@@ -399,7 +397,7 @@ impl<P: Probe> Runner<P> {
         let shared = &self.attached.shared;
         tracing::info!(
             target: "steadfast::watchdog",
-            breaker = &*shared.name,
+            breaker = &**shared.name(),
             "dependency no longer escalated: the breaker stayed closed"
         );
     }
