@@ -28,7 +28,12 @@ use tokio::time::Instant;
 
 use super::builder::{Config, WindowKind};
 use super::local::{thread_slot, with_local, Local};
+pub(crate) use super::recorder::Recorder;
+use super::recorder::TRIAL_MASK;
+use super::shard::{Counters, NO_OWNER};
+pub(crate) use super::shard::{Counts, Shard};
 use super::window::{CachePadded, CountWindow, TimeWindow, Totals};
+use super::word::*;
 use super::State;
 use crate::backoff;
 use crate::config::{nanos, nanos_since};
@@ -36,88 +41,6 @@ use crate::stripe::{bump, parallelism};
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use crate::sync::{Mutex, MutexGuard};
 use crate::Outcome;
-
-// --- the state word --------------------------------------------------------------------
-
-const KIND_BITS: u32 = 4;
-const PERMIT_BITS: u32 = 14;
-const PERMIT_MASK: u64 = (1 << PERMIT_BITS) - 1;
-const ADMITTED_SHIFT: u32 = KIND_BITS;
-const SUCCEEDED_SHIFT: u32 = KIND_BITS + PERMIT_BITS;
-const EPOCH_SHIFT: u32 = 32;
-
-/// The kind bits proper; the fourth is [`SHEDDING`].
-const KIND_MASK: u64 = 0b0111;
-/// Set in a closed word while adaptive throttling sheds calls: the closed path's check
-/// of the low bits then fails, and admission goes the slow way, where the draw is.
-const SHEDDING: u64 = 0b1000;
-
-const CLOSED: u64 = 0;
-const OPEN: u64 = 1;
-const HALF_OPEN: u64 = 2;
-const FORCED_OPEN: u64 = 3;
-const FORCED_CLOSED: u64 = 4;
-
-/// A decoded copy of the state word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Word(u64);
-
-impl Word {
-    fn new(kind: u64, epoch: u32) -> Self {
-        Word(kind | u64::from(epoch) << EPOCH_SHIFT)
-    }
-    fn kind(self) -> u64 {
-        self.0 & KIND_MASK
-    }
-    fn shedding(self) -> bool {
-        self.0 & SHEDDING != 0
-    }
-    /// The word as admission's fast path sees it: the kind with the shedding bit.
-    #[inline(always)]
-    fn low(self) -> u64 {
-        self.0 & ((1 << KIND_BITS) - 1)
-    }
-    fn epoch(self) -> u32 {
-        (self.0 >> EPOCH_SHIFT) as u32
-    }
-    fn admitted(self) -> u32 {
-        ((self.0 >> ADMITTED_SHIFT) & PERMIT_MASK) as u32
-    }
-    fn succeeded(self) -> u32 {
-        ((self.0 >> SUCCEEDED_SHIFT) & PERMIT_MASK) as u32
-    }
-    fn with_admitted(self, n: u32) -> Self {
-        Word(self.0 & !(PERMIT_MASK << ADMITTED_SHIFT) | u64::from(n) << ADMITTED_SHIFT)
-    }
-    fn with_succeeded(self, n: u32) -> Self {
-        Word(self.0 & !(PERMIT_MASK << SUCCEEDED_SHIFT) | u64::from(n) << SUCCEEDED_SHIFT)
-    }
-    fn state(self) -> State {
-        match self.kind() {
-            CLOSED => State::Closed,
-            OPEN => State::Open,
-            HALF_OPEN => State::HalfOpen,
-            FORCED_OPEN => State::ForcedOpen,
-            _ => State::ForcedClosed,
-        }
-    }
-}
-
-/// The consecutive-failure word: the epoch of the closed state the failures were
-/// counted in (high half) and their number (low half).
-fn streak(epoch: u32, count: u32) -> u64 {
-    u64::from(epoch) << 32 | u64::from(count)
-}
-
-fn kind_of(state: State) -> u64 {
-    match state {
-        State::Closed => CLOSED,
-        State::Open => OPEN,
-        State::HalfOpen => HALF_OPEN,
-        State::ForcedOpen => FORCED_OPEN,
-        State::ForcedClosed => FORCED_CLOSED,
-    }
-}
 
 /// A rejection's `retry_after` from the nanoseconds left: never zero while rejecting
 /// (a deadline just passed, or a probe running late, still means "soon", not "now"),
@@ -176,110 +99,6 @@ impl Reason {
             Reason::ProbesFailed => "watchdog probes failed",
         }
     }
-}
-
-// --- counters ----------------------------------------------------------------------------
-
-/// One thread's part of a breaker: the counters of its calls, and the counted
-/// reference to the shared state its response futures carry.
-///
-/// Only the thread holding slot `owner` writes `counters`, with a plain load and
-/// store. A call finished on another thread (a future moved between the workers of a
-/// runtime) counts in the shared overflow stripe instead.
-#[derive(Debug)]
-#[repr(align(128))]
-pub(crate) struct Shard {
-    pub(crate) shared: Arc<Shared>,
-    /// The thread slot that owns `counters`; [`NO_OWNER`] for the shard of threads
-    /// beyond the breaker's slots.
-    owner: usize,
-    /// `Shared::time_end` as the [`TIMED`] bit of a recorder's tag (or 0), and whether
-    /// a call's start must be timed: copies on the line a call touches anyway.
-    timed: u64,
-    time_start: bool,
-    counters: Counters,
-}
-
-/// The owner of the overflow shard: never a thread's slot, nor the `usize::MAX` of a
-/// thread whose thread-locals are gone.
-const NO_OWNER: usize = usize::MAX - 1;
-
-impl Shard {
-    fn new(shared: &Arc<Shared>, owner: usize) -> Self {
-        Self {
-            shared: shared.clone(),
-            owner,
-            timed: if shared.time_end { TIMED } else { 0 },
-            time_start: shared.slow_threshold.is_some(),
-            counters: Counters::default(),
-        }
-    }
-
-    /// The counters a call finished by the thread in `slot` adds to, and whether that
-    /// thread is their only writer.
-    #[inline(always)]
-    fn counters(&self, slot: usize) -> (&Counters, bool) {
-        if self.owner == slot {
-            (&self.counters, true)
-        } else {
-            (&self.shared.overflow, false)
-        }
-    }
-
-    /// Counts an outcome finished by the thread in `slot`.
-    #[inline(always)]
-    fn count(&self, slot: usize, outcome: Outcome, slow: bool) {
-        let (c, owned) = self.counters(slot);
-        bump(c.of(outcome), owned);
-        if slow {
-            bump(&c.slow, owned);
-        }
-    }
-}
-
-/// Cumulative counters: one set per shard, and one shared overflow set.
-#[derive(Debug, Default)]
-struct Counters {
-    successes: AtomicU64,
-    failures: AtomicU64,
-    ignored: AtomicU64,
-    slow: AtomicU64,
-    rejected: AtomicU64,
-    shed: AtomicU64,
-}
-
-impl Counters {
-    /// The counter of `outcome`.
-    #[inline(always)]
-    fn of(&self, outcome: Outcome) -> &AtomicU64 {
-        match outcome {
-            Outcome::Success => &self.successes,
-            Outcome::Failure => &self.failures,
-            Outcome::Ignored => &self.ignored,
-        }
-    }
-
-    fn add_to(&self, c: Counts) -> Counts {
-        Counts {
-            successes: c.successes + self.successes.load(Relaxed),
-            failures: c.failures + self.failures.load(Relaxed),
-            ignored: c.ignored + self.ignored.load(Relaxed),
-            slow: c.slow + self.slow.load(Relaxed),
-            rejected: c.rejected + self.rejected.load(Relaxed),
-            shed: c.shed + self.shed.load(Relaxed),
-        }
-    }
-}
-
-/// Cumulative totals summed over the shards and the overflow counters.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Counts {
-    pub(crate) successes: u64,
-    pub(crate) failures: u64,
-    pub(crate) ignored: u64,
-    pub(crate) slow: u64,
-    pub(crate) rejected: u64,
-    pub(crate) shed: u64,
 }
 
 // --- the shared state --------------------------------------------------------------------
@@ -341,7 +160,7 @@ pub(crate) struct Shared {
     trips: AtomicU64,
     /// Counts of calls finished on a thread that does not own the call's shard, and
     /// of threads beyond the shards; updated with read-modify-writes.
-    overflow: CachePadded<Counters>,
+    pub(super) overflow: CachePadded<Counters>,
     /// Watchdogs attached: while any is, an open breaker waits for them to close it
     /// instead of going half-open on its own timer.
     watchdogs: AtomicUsize,
@@ -532,13 +351,13 @@ impl Shared {
     }
 
     #[inline]
-    fn now(&self) -> u64 {
+    pub(super) fn now(&self) -> u64 {
         self.since_start(Instant::now())
     }
 
     /// `at` in nanoseconds since the breaker's start.
     #[inline]
-    fn since_start(&self, at: Instant) -> u64 {
+    pub(super) fn since_start(&self, at: Instant) -> u64 {
         nanos_since(self.start, at)
     }
 
@@ -770,7 +589,7 @@ impl Shared {
     /// the breaker. A success is counted inline; the rest out of line.
     /// `TIMED`: the breaker has a time window or a slow-call rule (and `end` is set).
     #[inline(always)]
-    fn record<const TIMED: bool>(
+    pub(super) fn record<const TIMED: bool>(
         &self,
         epoch: u32,
         outcome: Outcome,
@@ -801,7 +620,7 @@ impl Shared {
     /// when it ended (with a rule that needs it); may trip the breaker. `slot` is the
     /// thread's, for a time window's per-thread counts.
     #[inline(never)]
-    fn record_timed(
+    pub(super) fn record_timed(
         &self,
         epoch: u32,
         outcome: Outcome,
@@ -898,7 +717,7 @@ impl Shared {
     }
 
     /// A trial succeeded: count it, and close once all have.
-    fn trial_succeeded(&self, epoch: u32, id: NonZeroU32) {
+    pub(super) fn trial_succeeded(&self, epoch: u32, id: NonZeroU32) {
         let mut word = self.word();
         loop {
             if word.epoch() != epoch || word.kind() != HALF_OPEN {
@@ -927,7 +746,7 @@ impl Shared {
     }
 
     /// A trial was dropped or ignored: give its permit back, counting nothing.
-    fn release_trial(&self, epoch: u32, id: NonZeroU32) {
+    pub(super) fn release_trial(&self, epoch: u32, id: NonZeroU32) {
         let mut word = self.word();
         loop {
             if word.epoch() != epoch || word.kind() != HALF_OPEN || word.admitted() == 0 {
@@ -980,7 +799,7 @@ impl Shared {
     }
 
     /// Opens the breaker if it is still in `from` at `epoch`.
-    fn reopen(&self, epoch: u32, from: u64, reason: Reason) {
+    pub(super) fn reopen(&self, epoch: u32, from: u64, reason: Reason) {
         let mut slow = self.lock();
         let word = self.word();
         if word.epoch() != epoch || word.kind() != from {
@@ -1153,243 +972,5 @@ impl Shared {
             _ => return None,
         };
         Some(Duration::from_nanos(until.saturating_sub(self.now())))
-    }
-}
-
-// --- the per-call recorder ---------------------------------------------------------------
-
-/// Carried by a response future from admission to outcome. Dropping a trial's
-/// recorder before [`Recorder::finish`] gives its permit back and counts nothing.
-#[derive(Debug)]
-pub(crate) struct Recorder {
-    /// `None` once finished or given back.
-    shard: Option<Arc<Shard>>,
-    /// The epoch the call was admitted in (low 32 bits), the id of a half-open trial
-    /// whose permit is still held (the next 31, zero for none), and [`TIMED`]: one
-    /// word, so that finishing a plain closed-state call checks one value.
-    tag: u64,
-    /// When the call started, in nanoseconds since the breaker's start; only with a
-    /// slow-call rule.
-    start: u64,
-}
-
-/// Trial ids fit in this mask (31 bits).
-const TRIAL_MASK: u32 = (1 << 31) - 1;
-/// In [`Recorder::tag`]: a rule needs the call's time.
-const TIMED: u64 = 1 << 63;
-
-impl Recorder {
-    /// A call admitted in the closed state of `epoch`.
-    #[inline(always)]
-    pub(crate) fn pass(shard: Arc<Shard>, epoch: u32) -> Self {
-        let start = if shard.time_start {
-            shard.shared.now()
-        } else {
-            0
-        };
-        Self {
-            tag: u64::from(epoch) | shard.timed,
-            shard: Some(shard),
-            start,
-        }
-    }
-
-    fn epoch(&self) -> u32 {
-        self.tag as u32
-    }
-
-    /// The trial whose permit this recorder holds.
-    fn trial(&self) -> Option<NonZeroU32> {
-        NonZeroU32::new((self.tag >> 32) as u32 & TRIAL_MASK)
-    }
-
-    /// The recorder of a rejected call: counts nothing, and holds the shard only to
-    /// name the breaker (see [`reject`](Self::reject)).
-    #[inline]
-    pub(crate) fn rejected(shard: Arc<Shard>) -> Self {
-        Self {
-            shard: Some(shard),
-            tag: 0,
-            start: 0,
-        }
-    }
-
-    /// The name of a rejected call's breaker, once; the shard is kept for the
-    /// thread's next call.
-    pub(crate) fn reject(&mut self) -> Option<Arc<str>> {
-        let shard = self.shard.as_ref()?;
-        let name = shard.shared.name.clone();
-        self.abandon();
-        Some(name)
-    }
-
-    /// A recorder that counts nothing.
-    pub(crate) fn idle() -> Self {
-        Self {
-            shard: None,
-            tag: 0,
-            start: 0,
-        }
-    }
-
-    /// A recorder for `admission`; `None` for a rejection.
-    pub(crate) fn new(shard: Arc<Shard>, admission: Admission) -> Option<Self> {
-        match admission {
-            Admission::Pass { epoch } => Some(Self::pass(shard, epoch)),
-            Admission::Trial { epoch, id } => {
-                let mut recorder = Self::pass(shard, epoch);
-                recorder.tag |= u64::from(id.get() & TRIAL_MASK) << 32;
-                Some(recorder)
-            }
-            Admission::Reject { .. } | Admission::Shed { .. } => None,
-        }
-    }
-
-    /// Restarts the call's clock (a trial permit is taken before its call starts).
-    #[inline]
-    pub(crate) fn restart(&mut self) {
-        if let Some(shard) = self.shard.as_deref().filter(|shard| shard.time_start) {
-            self.start = shard.shared.now();
-        }
-    }
-
-    /// Counts the call's outcome, once. Done in place: moving the recorder out of the
-    /// future first costs more than the rest of the work.
-    #[inline(always)]
-    pub(crate) fn finish(&mut self, outcome: Outcome) {
-        let Some(shard) = self.shard.take() else {
-            return;
-        };
-        if self.tag >> 32 != 0 {
-            // A trial, or a rule that needs the call's time.
-            self.finish_timed_or_trial(shard, outcome);
-        } else {
-            finish_here::<false>(shard, self.epoch(), outcome, None);
-        }
-    }
-
-    /// [`finish`](Self::finish) for a half-open trial, or with a rule that needs the
-    /// call's end time.
-    #[inline(never)]
-    fn finish_timed_or_trial(&mut self, shard: Arc<Shard>, outcome: Outcome) {
-        // The shard is taken, so the recorder's drop will not touch the trial again.
-        let trial = self.trial();
-        let end = (shard.timed != 0).then(Instant::now);
-        let shared = &shard.shared;
-        let slow = shard.time_start
-            && outcome != Outcome::Ignored
-            && end.zip(shared.slow_threshold).is_some_and(|(end, t)| {
-                shared.since_start(end).saturating_sub(self.start) > nanos(t)
-            });
-        let epoch = self.epoch();
-        if trial.is_none() && !slow {
-            // Neither a trial nor slow: the closed path, with the call's end.
-            return finish_here::<true>(shard, epoch, outcome, end);
-        }
-        let record = |shared: &Shared, slot| match trial {
-            Some(id) => match outcome {
-                Outcome::Success if !slow => shared.trial_succeeded(epoch, id),
-                Outcome::Ignored => shared.release_trial(epoch, id),
-                _ => shared.reopen(epoch, HALF_OPEN, Reason::TrialFailed),
-            },
-            None => shared.record_timed(epoch, outcome, slow, end, slot),
-        };
-        settle(shard, outcome, slow, record);
-    }
-}
-
-/// [`Recorder::finish`] for a closed-state call, not slow, that ended at `end`;
-/// `TIMED`: with a time window or a slow-call rule (else `end` is `None`).
-///
-/// The common case, on the thread that owns the shard: read the thread's slot, count
-/// with a plain store, record in the rules (a success without a window only reads the
-/// failure streak), and leave the shard for the thread's next call. Two thread-local
-/// accesses, no read-modify-write.
-#[inline(always)]
-fn finish_here<const TIMED: bool>(
-    shard: Arc<Shard>,
-    epoch: u32,
-    outcome: Outcome,
-    end: Option<Instant>,
-) {
-    match with_local(Local::slot) {
-        Some(slot) if shard.owner == slot => {
-            bump(shard.counters.of(outcome), true);
-            shard.shared.record::<TIMED>(epoch, outcome, end, slot);
-            // Dropped instead if the thread-locals went meanwhile.
-            with_local(move |local| drop(local.lease.replace(Some(shard))));
-        }
-        _ => finish_elsewhere(shard, epoch, outcome, end),
-    }
-}
-
-/// [`finish_here`] for a call finished on a thread that does not own its shard, or
-/// whose thread-locals are gone.
-#[cold]
-#[inline(never)]
-fn finish_elsewhere(shard: Arc<Shard>, epoch: u32, outcome: Outcome, end: Option<Instant>) {
-    settle(shard, outcome, false, |shared, slot| {
-        shared.record_timed(epoch, outcome, false, end, slot);
-    });
-}
-
-/// Counts `outcome` with `shard` for the calling thread, runs `record` on the shared
-/// state with the thread's slot, and keeps the shard for the thread's next call if it
-/// may. Once the thread's locals are gone it counts in the overflow stripe and drops
-/// the shard.
-#[inline(never)]
-fn settle(shard: Arc<Shard>, outcome: Outcome, slow: bool, record: impl FnOnce(&Shared, usize)) {
-    let mut held = Some((shard, record));
-    with_local(|local| {
-        if let Some((shard, record)) = held.take() {
-            let slot = local.slot();
-            shard.count(slot, outcome, slow);
-            record(&shard.shared, slot);
-            keep(local, shard);
-        }
-    });
-    if let Some((shard, record)) = held {
-        shard.count(usize::MAX, outcome, slow);
-        record(&shard.shared, usize::MAX);
-    }
-}
-
-/// Keeps `shard` as this thread's lease if its counters are the thread's (or it is
-/// the overflow shard, which the thread would get again); else drops it.
-#[inline]
-fn keep(local: &Local, shard: Arc<Shard>) {
-    if shard.owner == local.slot() || shard.owner == NO_OWNER {
-        // The lease it replaces, if any, is dropped here.
-        drop(local.lease.replace(Some(shard)));
-    }
-}
-
-impl Drop for Recorder {
-    #[inline]
-    fn drop(&mut self) {
-        if self.shard.is_some() {
-            self.abandon();
-        }
-    }
-}
-
-impl Recorder {
-    /// The call was dropped before its outcome: a trial gives its permit back; the
-    /// shard is kept for the thread's next call.
-    #[cold]
-    #[inline(never)]
-    fn abandon(&mut self) {
-        let Some(shard) = self.shard.take() else {
-            return;
-        };
-        if let Some(id) = self.trial() {
-            shard.shared.release_trial(self.epoch(), id);
-        }
-        let mut shard = Some(shard);
-        with_local(|local| {
-            if let Some(shard) = shard.take() {
-                keep(local, shard);
-            }
-        });
     }
 }

@@ -62,9 +62,12 @@ mod event;
 mod layer;
 mod local;
 pub(crate) mod machine;
+mod recorder;
 mod recovery;
 pub(crate) mod service;
+mod shard;
 pub(crate) mod window;
+mod word;
 
 pub mod error;
 pub mod future;
