@@ -111,7 +111,7 @@ enum Window {
 }
 
 /// State touched only by transitions and half-open trials, under the mutex.
-struct Slow {
+struct Locked {
     open_delays: backoff::Iter,
     /// The trials of the current half-open that are still running (at most
     /// `half_open_calls`; the capacity is reserved up front).
@@ -171,7 +171,7 @@ pub(crate) struct Shared {
     watchdog_eta: AtomicU64,
     /// Watchdogs reporting the dependency escalated.
     escalated: AtomicUsize,
-    slow_path: Mutex<Slow>,
+    locked: Mutex<Locked>,
     watch: watch::Sender<State>,
     /// Woken on every transition: services in `Readiness::Wait` waiting in `poll_ready`.
     changed: Arc<Notify>,
@@ -253,7 +253,7 @@ impl Core {
             probing: AtomicBool::new(false),
             watchdog_eta: AtomicU64::new(0),
             escalated: AtomicUsize::new(0),
-            slow_path: Mutex::new(Slow {
+            locked: Mutex::new(Locked {
                 open_delays,
                 trials: Vec::with_capacity(config.half_open_calls as usize),
                 next_trial: 0,
@@ -542,8 +542,8 @@ impl Shared {
                 .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
             {
                 Ok(_) => {
-                    let mut slow = self.lock();
-                    let id = self.start_trial(&mut slow, word.epoch(), now);
+                    let mut locked = self.lock();
+                    let id = self.start_trial(&mut locked, word.epoch(), now);
                     return Some(Admission::Trial {
                         epoch: word.epoch(),
                         id,
@@ -556,15 +556,15 @@ impl Shared {
 
     /// Files a trial admitted at `now` in `epoch`, with its deadline, if that
     /// half-open is still current.
-    fn start_trial(&self, slow: &mut Slow, epoch: u32, now: u64) -> NonZeroU32 {
+    fn start_trial(&self, locked: &mut Locked, epoch: u32, now: u64) -> NonZeroU32 {
         // Ids fit in 31 bits (see `Recorder::tag`), and only need to tell apart the
         // few trials running at once.
-        slow.next_trial = slow.next_trial % TRIAL_MASK + 1;
-        let id = NonZeroU32::new(slow.next_trial).unwrap_or(NonZeroU32::MIN);
+        locked.next_trial = locked.next_trial % TRIAL_MASK + 1;
+        let id = NonZeroU32::new(locked.next_trial).unwrap_or(NonZeroU32::MIN);
         let word = self.word();
         if word.epoch() == epoch && word.kind() == HALF_OPEN {
             let deadline = now.saturating_add(nanos(self.config.half_open_timeout));
-            slow.trials.push(Trial {
+            locked.trials.push(Trial {
                 id,
                 epoch,
                 deadline,
@@ -575,9 +575,9 @@ impl Shared {
     }
 
     /// A trial ended (succeeded, dropped or ignored): it can no longer time out.
-    fn end_trial(&self, slow: &mut Slow, epoch: u32, id: NonZeroU32) {
-        slow.trials.retain(|t| (t.id, t.epoch) != (id, epoch));
-        let oldest = slow.trials.iter().map(|t| t.deadline).min();
+    fn end_trial(&self, locked: &mut Locked, epoch: u32, id: NonZeroU32) {
+        locked.trials.retain(|t| (t.id, t.epoch) != (id, epoch));
+        let oldest = locked.trials.iter().map(|t| t.deadline).min();
         self.trial_deadline
             .store(oldest.unwrap_or(u64::MAX), Release);
     }
@@ -732,15 +732,15 @@ impl Shared {
                 Err(actual) => word = Word(actual),
             }
         }
-        let mut slow = self.lock();
-        self.end_trial(&mut slow, epoch, id);
+        let mut locked = self.lock();
+        self.end_trial(&mut locked, epoch, id);
         if word.succeeded() + 1 >= self.config.half_open_calls {
             let word = self.word();
             if word.epoch() == epoch
                 && word.kind() == HALF_OPEN
                 && word.succeeded() >= self.config.half_open_calls
             {
-                self.close(&mut slow, word, CLOSED, Reason::TrialsSucceeded);
+                self.close(&mut locked, word, CLOSED, Reason::TrialsSucceeded);
             }
         }
     }
@@ -758,9 +758,9 @@ impl Shared {
                 .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
             {
                 Ok(_) => {
-                    let mut slow = self.lock();
-                    self.end_trial(&mut slow, epoch, id);
-                    drop(slow);
+                    let mut locked = self.lock();
+                    self.end_trial(&mut locked, epoch, id);
+                    drop(locked);
                     // Not a transition, but a permit is free: a service waiting in
                     // `Readiness::Wait` may now take it.
                     self.changed.notify_waiters();
@@ -773,11 +773,9 @@ impl Shared {
 
     // --- transitions -------------------------------------------------------------------
 
-    fn lock(&self) -> MutexGuard<'_, Slow> {
+    fn lock(&self) -> MutexGuard<'_, Locked> {
         // Nothing under this lock can leave the state inconsistent if it panics.
-        self.slow_path
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.locked.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Installs `next` over `expected`, retrying while only the permit counts change.
@@ -800,12 +798,12 @@ impl Shared {
 
     /// Opens the breaker if it is still in `from` at `epoch`.
     pub(super) fn reopen(&self, epoch: u32, from: u64, reason: Reason) {
-        let mut slow = self.lock();
+        let mut locked = self.lock();
         let word = self.word();
         if word.epoch() != epoch || word.kind() != from {
             return;
         }
-        let delay = slow.open_delays.next().unwrap_or_default();
+        let delay = locked.open_delays.next().unwrap_or_default();
         self.open_until
             .store(self.now().saturating_add(nanos(delay)), Release);
         let next = Word::new(OPEN, epoch.wrapping_add(1));
@@ -816,30 +814,30 @@ impl Shared {
 
     /// Open -> half-open after the open delay; the caller gets the first trial.
     fn to_half_open(&self, word: Word, now: u64) -> Option<Admission> {
-        let mut slow = self.lock();
+        let mut locked = self.lock();
         if self.word() != word {
             return None;
         }
         let epoch = word.epoch().wrapping_add(1);
-        slow.trials.clear();
+        locked.trials.clear();
         self.trial_deadline.store(u64::MAX, Release);
         self.install(word, Word::new(HALF_OPEN, epoch).with_admitted(1));
-        let id = self.start_trial(&mut slow, epoch, now);
+        let id = self.start_trial(&mut locked, epoch, now);
         self.announce(State::Open, State::HalfOpen, Reason::OpenElapsed);
         Some(Admission::Trial { epoch, id })
     }
 
     /// Moves to a closed kind with fresh rules and a fresh open backoff.
-    fn close(&self, slow: &mut Slow, word: Word, kind: u64, reason: Reason) {
+    fn close(&self, locked: &mut Locked, word: Word, kind: u64, reason: Reason) {
         let next = Word::new(kind, word.epoch().wrapping_add(1));
-        self.start_over(slow, next.epoch());
+        self.start_over(locked, next.epoch());
         self.install(word, next);
         self.announce(word.state(), next.state(), reason);
     }
 
     /// Fresh rules for `epoch` and a fresh open backoff: what closing (or a reset)
     /// starts with. Done before the epoch is installed, which publishes it.
-    fn start_over(&self, slow: &mut Slow, epoch: u32) {
+    fn start_over(&self, locked: &mut Locked, epoch: u32) {
         self.consecutive.store(streak(epoch, 0), Relaxed);
         if let Some(t) = &self.throttle {
             t.p.store(0, Relaxed);
@@ -849,7 +847,7 @@ impl Shared {
             Some(Window::Time(w)) => w.reset(),
             None => {}
         }
-        slow.open_delays.reset();
+        locked.open_delays.reset();
     }
 
     // --- watchdog hooks ------------------------------------------------------------------
@@ -904,10 +902,10 @@ impl Shared {
 
     /// Probes passed: an open or half-open breaker closes.
     pub(crate) fn close_by_probe(&self) -> bool {
-        let mut slow = self.lock();
+        let mut locked = self.lock();
         let word = self.word();
         if matches!(word.kind(), OPEN | HALF_OPEN) {
-            self.close(&mut slow, word, CLOSED, Reason::ProbesSucceeded);
+            self.close(&mut locked, word, CLOSED, Reason::ProbesSucceeded);
             true
         } else {
             false
@@ -926,7 +924,7 @@ impl Shared {
 
     /// `force_open`, `force_closed` and `reset`.
     pub(crate) fn set(&self, to: State) {
-        let mut slow = self.lock();
+        let mut locked = self.lock();
         let word = self.word();
         let kind = kind_of(to);
         let reason = if to == State::Closed {
@@ -937,9 +935,9 @@ impl Shared {
         if kind == CLOSED {
             // Reset always starts over, even from closed, but only a change is announced.
             if word.kind() == CLOSED {
-                self.start_over(&mut slow, word.epoch());
+                self.start_over(&mut locked, word.epoch());
             } else {
-                self.close(&mut slow, word, CLOSED, reason);
+                self.close(&mut locked, word, CLOSED, reason);
             }
         } else if word.kind() != kind {
             let next = Word::new(kind, word.epoch().wrapping_add(1));

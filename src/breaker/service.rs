@@ -22,18 +22,18 @@ use crate::{BoxError, Classify};
 /// Low byte: the tag; high 32 bits: the epoch of a pass. A rejection's `retry_after`
 /// lives in `BreakerService::retry_after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Slot(u64);
+struct Decision(u64);
 
-impl Slot {
-    const EMPTY: Slot = Slot(0);
-    const TRIAL: Slot = Slot(2);
-    const REJECT: Slot = Slot(3);
+impl Decision {
+    const EMPTY: Decision = Decision(0);
+    const TRIAL: Decision = Decision(2);
+    const REJECT: Decision = Decision(3);
     /// Shed by adaptive throttling: a rejection that is never waited on.
-    const SHED: Slot = Slot(4);
+    const SHED: Decision = Decision(4);
 
     #[inline(always)]
     fn pass(epoch: u32) -> Self {
-        Slot(1 | u64::from(epoch) << 32)
+        Decision(1 | u64::from(epoch) << 32)
     }
 
     /// The epoch of a pass.
@@ -83,10 +83,10 @@ pub struct BreakerService<S, C = ErrorsAsFailures> {
     inner: S,
     breaker: Breaker,
     classify: C,
-    slot: Slot,
-    /// The permit of a `Slot::TRIAL`; dropping it gives the permit back.
+    decision: Decision,
+    /// The permit of a `Decision::TRIAL`; dropping it gives the permit back.
     trial: Option<Recorder>,
-    /// The hint of a `Slot::REJECT`.
+    /// The hint of a `Decision::REJECT`.
     retry_after: Option<Duration>,
     /// `Readiness::Wait` only, made on the first wait.
     waiter: Option<Pin<Box<Waiter>>>,
@@ -99,7 +99,7 @@ impl<S> BreakerService<S> {
             inner,
             breaker,
             classify: ErrorsAsFailures,
-            slot: Slot::EMPTY,
+            decision: Decision::EMPTY,
             trial: None,
             retry_after: None,
             waiter: None,
@@ -114,7 +114,7 @@ impl<S, C> BreakerService<S, C> {
             inner: self.inner,
             breaker: self.breaker,
             classify,
-            slot: self.slot,
+            decision: self.decision,
             trial: self.trial,
             retry_after: self.retry_after,
             waiter: self.waiter,
@@ -143,30 +143,30 @@ impl<S, C> BreakerService<S, C> {
 
     /// Decides the next call: the closed state inline, the rest out of line.
     #[inline(always)]
-    fn decide(&mut self) -> Slot {
+    fn decide(&mut self) -> Decision {
         match self.breaker.shared.admit_closed() {
-            Some(epoch) => Slot::pass(epoch),
+            Some(epoch) => Decision::pass(epoch),
             None => self.decide_slow(),
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn decide_slow(&mut self) -> Slot {
+    fn decide_slow(&mut self) -> Decision {
         let core = &self.breaker.core;
         match core.shared.admit() {
-            Admission::Pass { epoch } => Slot::pass(epoch),
+            Admission::Pass { epoch } => Decision::pass(epoch),
             admission @ Admission::Trial { .. } => {
                 self.trial = Recorder::new(core.shard(), admission);
-                Slot::TRIAL
+                Decision::TRIAL
             }
             Admission::Reject { retry_after } => {
                 self.retry_after = retry_after;
-                Slot::REJECT
+                Decision::REJECT
             }
             Admission::Shed { retry_after } => {
                 self.retry_after = Some(retry_after);
-                Slot::SHED
+                Decision::SHED
             }
         }
     }
@@ -219,8 +219,8 @@ impl<S, C> BreakerService<S, C> {
                 w.changed.set(shared.changed());
                 let _ = w.changed.as_mut().poll(cx);
             }
-            self.slot = self.decide();
-            if self.slot != Slot::REJECT {
+            self.decision = self.decide();
+            if self.decision != Decision::REJECT {
                 return None;
             }
             let Some(delay) = shared.next_decision() else {
@@ -244,7 +244,7 @@ impl<S: Clone, C: Clone> Clone for BreakerService<S, C> {
             inner: self.inner.clone(),
             breaker: self.breaker.clone(),
             classify: self.classify.clone(),
-            slot: Slot::EMPTY,
+            decision: Decision::EMPTY,
             trial: None,
             retry_after: None,
             waiter: None,
@@ -274,9 +274,9 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // The common case inline: undecided, and closed.
-        if self.slot == Slot::EMPTY {
+        if self.decision == Decision::EMPTY {
             if let Some(epoch) = self.breaker.shared.admit_closed() {
-                self.slot = Slot::pass(epoch);
+                self.decision = Decision::pass(epoch);
                 return self.poll_inner(cx);
             }
         }
@@ -285,14 +285,14 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let mut slot = std::mem::replace(&mut self.slot, Slot::EMPTY);
-        if slot == Slot::EMPTY {
-            slot = self.decide();
+        let mut decision = std::mem::replace(&mut self.decision, Decision::EMPTY);
+        if decision == Decision::EMPTY {
+            decision = self.decide();
         }
         let core = &self.breaker.core;
-        let recorder = if let Some(epoch) = slot.as_pass() {
+        let recorder = if let Some(epoch) = decision.as_pass() {
             Recorder::pass(core.lease(&self.breaker.shared), epoch)
-        } else if slot == Slot::TRIAL {
+        } else if decision == Decision::TRIAL {
             self.trial
                 .take()
                 .map_or_else(Recorder::idle, |mut recorder| {
@@ -300,7 +300,7 @@ where
                     recorder
                 })
         } else {
-            let shed = slot == Slot::SHED;
+            let shed = decision == Decision::SHED;
             let (recorder, retry_after) = self.reject(shed);
             return ResponseFuture::rejected(recorder, retry_after, shed, self.classify.clone());
         };
@@ -317,26 +317,26 @@ impl<S, C> BreakerService<S, C> {
         S: Service<Req>,
         S::Error: Into<BoxError>,
     {
-        let stale = match self.slot {
-            Slot::EMPTY => true,
+        let stale = match self.decision {
+            Decision::EMPTY => true,
             // A rejection is decided again: the breaker may have closed since (this
             // path is the slow one anyway).
-            Slot::REJECT => true,
+            Decision::REJECT => true,
             // A pass from before a transition is decided again (the breaker may have
             // opened while the inner service was not ready).
-            slot => slot
+            decision => decision
                 .as_pass()
                 .is_some_and(|epoch| !self.breaker.shared.is_current(epoch)),
         };
         if stale {
-            self.slot = self.decide();
+            self.decision = self.decide();
         }
-        if self.slot == Slot::SHED {
+        if self.decision == Decision::SHED {
             // Decided: the next call is shed, at once. Deciding again would draw
             // again, and shed less than the throttle means to.
             return Poll::Ready(Ok(()));
         }
-        if self.slot == Slot::REJECT {
+        if self.decision == Decision::REJECT {
             if let Some(answer) = self.poll_rejecting(cx) {
                 return answer;
             }
@@ -363,7 +363,7 @@ impl<S, C> BreakerService<S, C> {
     #[cold]
     #[inline(never)]
     fn inner_failed(&mut self, e: impl Into<BoxError>) -> BoxError {
-        self.slot = Slot::EMPTY;
+        self.decision = Decision::EMPTY;
         self.trial = None;
         e.into()
     }
