@@ -175,23 +175,20 @@ impl Stack {
             ),
         };
         let watchdog = match (&breaker, kind) {
-            (Some(breaker), StackKind::Adaptive) => {
+            (Some(breaker), StackKind::Watchdog | StackKind::Adaptive) => {
+                // The tuned probes; the adaptive stack's are spaced 1 to 2 s apart.
+                let (backoff, interval) = match kind {
+                    StackKind::Adaptive => (
+                        tuning.adaptive_probe_backoff,
+                        tuning.adaptive_probe_backoff.base(),
+                    ),
+                    _ => (tuning.probe_backoff, tuning.probe_backoff.max()),
+                };
                 let probe = move || transport.clone().oneshot(Kind::Probe);
                 Some(
                     Watchdog::builder(breaker, probe)
-                        .backoff(tuning.adaptive_probe_backoff.seed(seed ^ 0xdead_beef))
-                        .interval(tuning.adaptive_probe_backoff.base())
-                        .timeout(tuning.probe_timeout)
-                        .healthy_threshold(tuning.healthy_threshold)
-                        .spawn()?,
-                )
-            }
-            (Some(breaker), StackKind::Watchdog) => {
-                let probe = move || transport.clone().oneshot(Kind::Probe);
-                Some(
-                    Watchdog::builder(breaker, probe)
-                        .backoff(tuning.probe_backoff.seed(seed ^ 0xdead_beef))
-                        .interval(tuning.probe_backoff.max())
+                        .backoff(backoff.seed(seed ^ 0xdead_beef))
+                        .interval(interval)
                         .timeout(tuning.probe_timeout)
                         .healthy_threshold(tuning.healthy_threshold)
                         .spawn()?,
