@@ -113,6 +113,21 @@ impl Health {
         self
     }
 
+    /// Records every registered breaker's figures with the [`metrics`](crate::metrics)
+    /// facade (feature `metrics`): call it in the `/metrics` handler before the
+    /// exporter renders.
+    #[cfg(feature = "metrics")]
+    pub fn record_metrics(&self) {
+        for breaker in self
+            .breakers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            crate::metrics::record(breaker);
+        }
+    }
+
     /// False while any registered breaker is escalated or forced open.
     pub fn is_ready(&self) -> bool {
         !self

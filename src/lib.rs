@@ -70,6 +70,8 @@
 //! - [`health`]: readiness from breakers, for `/ready` and `/health` routes.
 //! - [`keyed`]: a breaker per key of the request, with bounded memory.
 //! - [`http`] (feature `http`): HTTP classifiers, retries and responses.
+//! - [`metrics`] (feature `metrics`): breakers and watchdogs as metrics series, read
+//!   at scrape time.
 //!
 //! Every timing rule runs on tokio's clock
 //! ([`tokio::time`](https://docs.rs/tokio/1/tokio/time/index.html)), so it can be
@@ -91,6 +93,8 @@ pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod keyed;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod outcome;
 pub mod retry;
 mod stripe;

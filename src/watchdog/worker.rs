@@ -292,6 +292,7 @@ impl<P: Probe> Runner<P> {
             Ok(future) => future,
             Err(_) => {
                 tracing::debug!(target: "steadfast::watchdog", breaker = &*name, "probe panicked");
+                count_probe(&name, false);
                 tokio::task::yield_now().await;
                 return Some(false);
             }
@@ -319,6 +320,7 @@ impl<P: Probe> Runner<P> {
                 false
             }
         };
+        count_probe(&name, passed);
         // However short the periods and quick the probes, the runtime's other tasks
         // get their turn between two probes.
         tokio::task::yield_now().await;
@@ -372,6 +374,7 @@ impl<P: Probe> Runner<P> {
     fn escalate(&mut self, max: u32, within: Duration) {
         self.escalated = true;
         self.attached.set_escalated(true);
+        count_escalation(self.attached.shared.name());
         let shared = &self.attached.shared;
         tracing::error!(
             target: "steadfast::watchdog",
@@ -413,4 +416,16 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
             return std::future::pending().await;
         }
     }
+}
+
+/// Counts a probe's end in the metrics (feature `metrics`); nothing without it.
+fn count_probe(_breaker: &str, _passed: bool) {
+    #[cfg(feature = "metrics")]
+    crate::metrics::probe(_breaker, _passed);
+}
+
+/// Counts an escalation in the metrics (feature `metrics`); nothing without it.
+fn count_escalation(_breaker: &str) {
+    #[cfg(feature = "metrics")]
+    crate::metrics::escalation(_breaker);
 }

@@ -1,0 +1,211 @@
+//! The metrics series move as the breaker and the watchdog act (feature `metrics`),
+//! read through metrics-util's debugging recorder, on paused time.
+#![cfg(feature = "metrics")]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use steadfast::backoff::Backoff;
+use steadfast::breaker::{Breaker, State};
+use steadfast::health::Health;
+use steadfast::watchdog::Watchdog;
+use tower::{Layer, Service, ServiceExt};
+
+/// One recorder for the test binary (the facade's recorder is global); each test
+/// uses its own breaker name, and takes [`serial`]: a snapshot drains what it reads.
+fn snapshotter() -> &'static Snapshotter {
+    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("the only recorder of this binary");
+        snapshotter
+    })
+}
+
+/// One test at a time (an async lock: each test holds it across its awaits).
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE.lock().await
+}
+
+/// Every series now, by name and labels. Taking it drains the recorder: counters that
+/// were incremented read as what was added since the last snapshot.
+struct Snap(Vec<Series>);
+
+/// A series' name, labels and value.
+type Series = (String, Vec<(String, String)>, DebugValue);
+
+fn snap() -> Snap {
+    Snap(
+        snapshotter()
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let key = key.key();
+                let labels = key
+                    .labels()
+                    .map(|l| (l.key().to_string(), l.value().to_string()))
+                    .collect();
+                (key.name().to_string(), labels, value)
+            })
+            .collect(),
+    )
+}
+
+impl Snap {
+    /// The series `name` whose labels include every pair of `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
+        self.0
+            .iter()
+            .find(|(n, ls, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, v)| v)
+    }
+
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        match self.value(name, labels) {
+            Some(DebugValue::Counter(n)) => *n,
+            other => panic!("{name} {labels:?}: {other:?}"),
+        }
+    }
+
+    fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        match self.value(name, labels) {
+            Some(DebugValue::Gauge(g)) => g.into_inner(),
+            other => panic!("{name} {labels:?}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_series_follow_its_snapshot_when_recorded() {
+    let _serial = serial().await;
+    snapshotter();
+    let breaker = Breaker::builder("metrics-breaker")
+        .consecutive_failures(2)
+        .open_backoff(Backoff::constant(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    let health = Health::new();
+    health.register(&breaker);
+    let mut svc = breaker
+        .layer()
+        .layer(tower::service_fn(|ok: bool| async move {
+            if ok {
+                Ok(())
+            } else {
+                Err("down")
+            }
+        }));
+    let b = ("breaker", "metrics-breaker");
+
+    // Nothing is written per call: before `record`, no series exists.
+    let _ = svc.ready().await.unwrap().call(true).await;
+    assert!(snap()
+        .value("steadfast_breaker_calls_total", &[b])
+        .is_none());
+
+    health.record_metrics();
+    let s = snap();
+    let calls =
+        |s: &Snap, outcome| s.counter("steadfast_breaker_calls_total", &[b, ("outcome", outcome)]);
+    let state = |s: &Snap, state| s.gauge("steadfast_breaker_state", &[b, ("state", state)]);
+    assert_eq!((calls(&s, "success"), calls(&s, "failure")), (1, 0));
+    assert_eq!((state(&s, "closed"), state(&s, "open")), (1.0, 0.0));
+    assert_eq!(s.gauge("steadfast_breaker_retry_after_seconds", &[b]), 0.0);
+
+    // Two failures trip it; a third call is rejected.
+    for _ in 0..3 {
+        let _ = svc.ready().await.unwrap().call(false).await;
+    }
+    assert_eq!(breaker.state(), State::Open);
+    health.record_metrics();
+    let s = snap();
+    // Counters are recorded as absolute values: the totals, whatever was read before.
+    assert_eq!((calls(&s, "success"), calls(&s, "failure")), (1, 2));
+    assert_eq!(s.counter("steadfast_breaker_rejected_total", &[b]), 1);
+    assert_eq!(s.counter("steadfast_breaker_trips_total", &[b]), 1);
+    assert_eq!((state(&s, "closed"), state(&s, "open")), (0.0, 1.0));
+    assert_eq!(s.gauge("steadfast_breaker_retry_after_seconds", &[b]), 5.0);
+    assert_eq!(s.gauge("steadfast_breaker_escalated", &[b]), 0.0);
+    // A consecutive rule has no window: no failure rate to report.
+    assert!(s.value("steadfast_breaker_failure_rate", &[b]).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn watchdog_probes_and_escalations_are_counted_as_they_happen() {
+    let _serial = serial().await;
+    snapshotter();
+    let _ = snap(); // drain what earlier tests left
+    let breaker = Breaker::builder("metrics-watchdog")
+        .start_open()
+        .build()
+        .unwrap();
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = {
+        let up = up.clone();
+        move || {
+            let ok = up.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("down")
+                }
+            }
+        }
+    };
+    let watchdog = Watchdog::builder(&breaker, probe)
+        .interval(Duration::from_secs(1))
+        .max_trips(1, Duration::from_secs(60))
+        .spawn()
+        .unwrap();
+    let b = ("breaker", "metrics-watchdog");
+    let probes =
+        |s: &Snap, result| s.counter("steadfast_watchdog_probes_total", &[b, ("result", result)]);
+    // Booted open: a probe at once, then 0.5 to 1 s later, then 1 to 2 s apart; all
+    // fail.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let failed = probes(&snap(), "failed");
+    assert!((3..=4).contains(&failed), "{failed} failed probes");
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(breaker.state(), State::Closed);
+    let s = snap();
+    assert_eq!(probes(&s, "passed"), 1);
+    assert!(s
+        .value("steadfast_watchdog_escalations_total", &[b])
+        .is_none());
+
+    // Two trips within a minute, past `max_trips(1, ..)`: escalated, counted once.
+    let mut svc = breaker
+        .layer()
+        .layer(tower::service_fn(|_: ()| async { Err::<(), _>("down") }));
+    for round in 0..2 {
+        up.store(false, std::sync::atomic::Ordering::SeqCst);
+        // The defaults judge once 20 calls are in, and trip at 95% failures.
+        for _ in 0..20 {
+            let _ = svc.ready().await.unwrap().call(()).await;
+        }
+        assert_eq!(breaker.state(), State::Open, "round {round}");
+        up.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(breaker.state(), State::Closed, "round {round}");
+    }
+    assert!(watchdog.is_escalated());
+    steadfast::metrics::record(&breaker);
+    let s = snap();
+    assert_eq!(s.counter("steadfast_watchdog_escalations_total", &[b]), 1);
+    assert_eq!(s.gauge("steadfast_breaker_escalated", &[b]), 1.0);
+    assert_eq!(s.counter("steadfast_breaker_trips_total", &[b]), 2);
+    watchdog.shutdown().await;
+}
