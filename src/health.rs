@@ -113,18 +113,26 @@ impl Health {
         self
     }
 
-    /// Records every registered breaker's figures with the [`metrics`](crate::metrics)
-    /// facade (feature `metrics`): call it in the `/metrics` handler before the
-    /// exporter renders.
+    /// Records every registered breaker's and keyed breaker's figures with the
+    /// [`metrics`](crate::metrics) facade (feature `metrics`): call it in the
+    /// `/metrics` handler before the exporter renders.
     #[cfg(feature = "metrics")]
     pub fn record_metrics(&self) {
         for breaker in self
             .breakers
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
         {
             crate::metrics::record(breaker);
+        }
+        for keyed in self
+            .keyed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            crate::metrics::record_keyed(&keyed.snapshot());
         }
     }
 

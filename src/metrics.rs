@@ -15,8 +15,10 @@
 //!
 //! # Series
 //!
-//! Every series has the label `breaker`: the breaker's name (a keyed breaker's keys
-//! are never labels, so the cardinality stays bounded).
+//! Breaker, keyed and watchdog series have the label `breaker`: the breaker's name (a
+//! keyed breaker's keys are never labels, so the cardinality stays bounded); retry
+//! series have `policy`, the name given with
+//! [`RetryPolicy::name`](crate::retry::RetryPolicy::name).
 //!
 //! | name | type | labels | what |
 //! | --- | --- | --- | --- |
@@ -29,6 +31,12 @@
 //! | `steadfast_breaker_failure_rate` | gauge | | failures / calls in the current window (absent without a rate rule) |
 //! | `steadfast_breaker_retry_after_seconds` | gauge | | while rejecting, when a call could next go through; 0 otherwise |
 //! | `steadfast_breaker_escalated` | gauge | | 1 while a watchdog reports the dependency escalated |
+//! | `steadfast_keyed_keys` | gauge | | keys a keyed breaker holds ([`record_keyed`]) |
+//! | `steadfast_keyed_rejecting` | gauge | | its keys whose breaker rejects calls |
+//! | `steadfast_keyed_evictions_total` | counter | | its keys evicted (idle or at the cap) |
+//! | `steadfast_retry_retries_total` | counter | `policy` | retries made, counted as they are decided |
+//! | `steadfast_retry_refused_total` | counter | `policy`, `reason`: `budget`, `max_elapsed`, `no_runtime` | retries a policy wanted and did not make |
+//! | `steadfast_retry_budget_balance` | gauge | `policy` | retries the budget allows now ([`record_budget`]) |
 //! | `steadfast_watchdog_probes_total` | counter | `result`: `passed`, `failed` | probes, counted as they end |
 //! | `steadfast_watchdog_escalations_total` | counter | | escalations, counted as they happen |
 //!
@@ -45,6 +53,8 @@
 use metrics::{counter, gauge};
 
 use crate::breaker::{Breaker, State};
+use crate::keyed::KeyedSnapshot;
+use crate::retry::Budget;
 
 const STATES: [State; 5] = [
     State::Closed,
@@ -82,6 +92,34 @@ pub fn record(breaker: &Breaker) {
     gauge!("steadfast_breaker_retry_after_seconds", "breaker" => name.clone()).set(after);
     let escalated = if breaker.is_escalated() { 1.0 } else { 0.0 };
     gauge!("steadfast_breaker_escalated", "breaker" => name).set(escalated);
+}
+
+/// Records a keyed breaker's figures: keys held, keys rejecting, keys evicted (labelled
+/// by its name, never by key).
+pub fn record_keyed(keyed: &KeyedSnapshot) {
+    let name = keyed.name.to_string();
+    gauge!("steadfast_keyed_keys", "breaker" => name.clone()).set(keyed.keys as f64);
+    gauge!("steadfast_keyed_rejecting", "breaker" => name.clone()).set(keyed.rejecting as f64);
+    counter!("steadfast_keyed_evictions_total", "breaker" => name).absolute(keyed.evicted);
+}
+
+/// Records a retry budget's balance (the retries it would allow now) as
+/// `steadfast_retry_budget_balance{policy}`; nothing for an unlimited budget.
+pub fn record_budget(policy: &str, budget: &Budget) {
+    if let Some(balance) = budget.balance() {
+        gauge!("steadfast_retry_budget_balance", "policy" => policy.to_string()).set(balance);
+    }
+}
+
+/// Counts a retry made.
+pub(crate) fn retry(policy: &str) {
+    counter!("steadfast_retry_retries_total", "policy" => policy.to_string()).increment(1);
+}
+
+/// Counts a retry refused, and why.
+pub(crate) fn refused(policy: &str, reason: &'static str) {
+    counter!("steadfast_retry_refused_total", "policy" => policy.to_string(), "reason" => reason)
+        .increment(1);
 }
 
 /// Counts a probe that ended.

@@ -209,3 +209,93 @@ async fn watchdog_probes_and_escalations_are_counted_as_they_happen() {
     assert_eq!(s.counter("steadfast_breaker_trips_total", &[b]), 2);
     watchdog.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn retries_and_refusals_are_counted_by_policy_and_reason() {
+    use steadfast::retry::{Budget, RetryLayer, RetryPolicy};
+    let _serial = serial().await;
+    snapshotter();
+    let _ = snap();
+    // 3 attempts, no delay; a budget with no ratio and 1 retry a second over 1 s.
+    let budget = Budget::new(0.0, 1, Duration::from_secs(1)).unwrap();
+    let policy = RetryPolicy::new()
+        .name("metrics-retry")
+        .max_attempts(3)
+        .backoff(Backoff::constant(Duration::ZERO))
+        .budget(budget.clone());
+    let mut svc = RetryLayer::new(policy)
+        .unwrap()
+        .layer(tower::service_fn(|_: ()| async { Err::<(), _>("down") }));
+    // The first request retries once (the budget's one), then is refused by it.
+    let _ = svc.ready().await.unwrap().call(()).await;
+    let p = ("policy", "metrics-retry");
+    let s = snap();
+    assert_eq!(s.counter("steadfast_retry_retries_total", &[p]), 1);
+    assert_eq!(
+        s.counter("steadfast_retry_refused_total", &[p, ("reason", "budget")]),
+        1
+    );
+    steadfast::metrics::record_budget("metrics-retry", &budget);
+    assert_eq!(snap().gauge("steadfast_retry_budget_balance", &[p]), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_breakers_report_keys_not_per_key_series() {
+    use steadfast::keyed::KeyedBreaker;
+    let _serial = serial().await;
+    snapshotter();
+    let hosts = KeyedBreaker::builder(Breaker::builder("metrics-hosts").consecutive_failures(1))
+        .max_keys(2)
+        .build()
+        .unwrap();
+    let health = Health::new();
+    health.register_keyed(&hosts);
+    let mut svc = hosts
+        .layer(|host: &&'static str| host.to_string())
+        .layer(tower::service_fn(|host: &'static str| async move {
+            if host == "down" {
+                Err("refused")
+            } else {
+                Ok(())
+            }
+        }));
+    for host in ["up", "down", "other"] {
+        let _ = svc.ready().await.unwrap().call(host).await;
+    }
+    health.record_metrics();
+    let s = snap();
+    let b = ("breaker", "metrics-hosts");
+    assert_eq!(s.gauge("steadfast_keyed_keys", &[b]), 2.0, "capped at 2");
+    assert_eq!(s.counter("steadfast_keyed_evictions_total", &[b]), 1);
+    // No series carries a key.
+    assert!(s
+        .0
+        .iter()
+        .all(|(_, labels, _)| labels.iter().all(|(_, v)| v != "up" && v != "down")));
+}
+
+#[test]
+fn a_prometheus_scrape_shows_the_breaker() {
+    // The exporter a Prometheus user installs, here as a local recorder: `record` in
+    // the /metrics handler, then `render`.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let breaker = Breaker::builder("scraped")
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    breaker.force_open();
+    metrics::with_local_recorder(&recorder, || steadfast::metrics::record(&breaker));
+    let text = handle.render();
+    for line in [
+        "steadfast_breaker_state{breaker=\"scraped\",state=\"forced-open\"} 1",
+        "steadfast_breaker_state{breaker=\"scraped\",state=\"closed\"} 0",
+        "steadfast_breaker_calls_total{breaker=\"scraped\",outcome=\"success\"} 0",
+        "steadfast_breaker_trips_total{breaker=\"scraped\"} 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}

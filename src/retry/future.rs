@@ -261,6 +261,7 @@ fn retry_after_failure(
                 why,
                 "retry refused: it would end past max_elapsed"
             );
+            count_refused(&params.name, "max_elapsed");
             return Verdict::Final;
         }
     }
@@ -274,6 +275,7 @@ fn retry_after_failure(
             why,
             "retry refused: its delay needs a tokio runtime, and none is running"
         );
+        count_refused(&params.name, "no_runtime");
         return Verdict::Final;
     }
     if !params.budget.withdraw() {
@@ -283,6 +285,7 @@ fn retry_after_failure(
             why,
             "retry refused: the retry budget is spent"
         );
+        count_refused(&params.name, "budget");
         return Verdict::Final;
     }
     tracing::debug!(
@@ -292,6 +295,7 @@ fn retry_after_failure(
         why,
         "retrying"
     );
+    count_retry(&params.name);
     if delay.is_zero() {
         return Verdict::Now;
     }
@@ -326,4 +330,16 @@ where
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
     }
+}
+
+/// Counts a retry made in the metrics (feature `metrics`); nothing without it.
+fn count_retry(_policy: &str) {
+    #[cfg(feature = "metrics")]
+    crate::metrics::retry(_policy);
+}
+
+/// Counts a retry refused, and why, in the metrics (feature `metrics`).
+fn count_refused(_policy: &str, _reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    crate::metrics::refused(_policy, _reason);
 }

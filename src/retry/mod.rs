@@ -89,6 +89,8 @@ pub(crate) struct Params {
     backoff: Backoff,
     max_elapsed: Option<Duration>,
     budget: Budget,
+    /// The policy's name, for metrics.
+    name: Arc<str>,
     /// The next backoff stream: each request that retries draws its own sequence of a
     /// seeded backoff (shared by every handle of one layer).
     streams: Arc<AtomicU64>,
@@ -119,6 +121,7 @@ impl Settings {
                         backoff: policy.backoff,
                         max_elapsed: policy.max_elapsed,
                         budget: policy.budget.clone(),
+                        name: policy.name.clone(),
                         streams: streams.clone(),
                     })
                 })

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::hooks::{CloneRequests, NoHints};
@@ -59,6 +60,8 @@ pub struct RetryPolicy<C = ErrorsAsFailures, R = CloneRequests, H = NoHints> {
     pub(crate) classify: C,
     pub(crate) requests: R,
     pub(crate) responses: H,
+    /// The policy's name in metrics (feature `metrics`).
+    pub(crate) name: Arc<str>,
 }
 
 impl RetryPolicy {
@@ -76,6 +79,7 @@ impl RetryPolicy {
             classify: ErrorsAsFailures,
             requests: CloneRequests,
             responses: NoHints,
+            name: Arc::from("retry"),
         }
     }
 }
@@ -118,6 +122,13 @@ impl<C, R, H> RetryPolicy<C, R, H> {
         self
     }
 
+    /// The policy's name: the `policy` label of its retry metrics (feature `metrics`;
+    /// default `"retry"`). Name a policy after the downstream it retries.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// The budget retries are drawn from (see [`Budget`]); share one budget between
     /// layers by passing clones of it.
     pub fn budget(mut self, budget: Budget) -> Self {
@@ -133,6 +144,7 @@ impl<C, R, H> RetryPolicy<C, R, H> {
             max_attempts: self.max_attempts,
             backoff: self.backoff,
             max_elapsed: self.max_elapsed,
+            name: self.name,
             budget: self.budget,
             classify,
             requests: self.requests,
@@ -147,6 +159,7 @@ impl<C, R, H> RetryPolicy<C, R, H> {
             max_attempts: self.max_attempts,
             backoff: self.backoff,
             max_elapsed: self.max_elapsed,
+            name: self.name,
             budget: self.budget,
             classify: self.classify,
             requests,
@@ -161,6 +174,7 @@ impl<C, R, H> RetryPolicy<C, R, H> {
             max_attempts: self.max_attempts,
             backoff: self.backoff,
             max_elapsed: self.max_elapsed,
+            name: self.name,
             budget: self.budget,
             classify: self.classify,
             requests: self.requests,
@@ -201,6 +215,7 @@ impl<C, R, H> fmt::Debug for RetryPolicy<C, R, H> {
             .field("backoff", &self.backoff)
             .field("max_elapsed", &self.max_elapsed)
             .field("budget", &self.budget)
+            .field("name", &self.name)
             .field("retry_if", &std::any::type_name::<C>())
             .field("requests", &std::any::type_name::<R>())
             .field("responses", &std::any::type_name::<H>())
