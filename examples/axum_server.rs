@@ -12,7 +12,8 @@
 //! - **shop**, the app: `GET /stock/{sku}` calls inventory through a protected
 //!   hyper-util client (retry -> breaker -> timeout, as in the `hyper_client`
 //!   example); `GET /health` serves [`Health::snapshot`] as JSON; `GET /ready` answers
-//!   `200` when [`Health::is_ready`], else `503`.
+//!   `200` when [`Health::is_ready`], else `503`; `GET /metrics` is a Prometheus scrape
+//!   (metrics-exporter-prometheus), the breaker's figures read as it is served.
 //!
 //! The breaker `inventory` boots open (nothing expects the downstream to be up at
 //! start) and trips after 3 failures in a row. A [`Watchdog`] owns its recovery: it
@@ -115,6 +116,8 @@ async fn main() -> Result<(), BoxError> {
         .spawn()?;
     let health = Health::new();
     health.register(&breaker);
+    // Metrics for Prometheus: the breaker's counts are read at each scrape of /metrics.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
 
     // The protected client: retry -> breaker -> timeout -> hyper.
     let policy = steadfast::http::retry_policy()
@@ -133,7 +136,7 @@ async fn main() -> Result<(), BoxError> {
 
     let shop = Server::start(
         "127.0.0.1:0".parse()?,
-        shop_app(client, inventory_addr, health),
+        shop_app(client, inventory_addr, health, metrics),
     )
     .await?;
     println!("inventory on {inventory_addr}, shop on {}", shop.addr);
@@ -186,6 +189,7 @@ async fn main() -> Result<(), BoxError> {
     user.get("/ready").await;
     wait_for("the escalation to clear", start, || !breaker.is_escalated()).await;
     user.get("/ready").await;
+    user.scrape("/metrics").await;
 
     let s = breaker.snapshot();
     println!(
@@ -200,8 +204,13 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// The shop: `/stock/{sku}` calls inventory through `client`; `/health` and `/ready`
-/// come from `health`.
-fn shop_app<C>(client: C, inventory: SocketAddr, health: Health) -> Router
+/// come from `health`, `/metrics` from the breakers' figures read at each scrape.
+fn shop_app<C>(
+    client: C,
+    inventory: SocketAddr,
+    health: Health,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Router
 where
     C: Service<Request<Empty<Bytes>>, Response = http::Response<hyper::body::Incoming>>
         + Clone
@@ -240,6 +249,16 @@ where
         .route_service("/stock/{sku}", stock)
         .route("/health", get(health_json))
         .route("/ready", get(ready))
+        .route(
+            "/metrics",
+            get(move |AxumState(health): AxumState<Health>| {
+                let metrics = metrics.clone();
+                async move {
+                    health.record_metrics();
+                    metrics.render()
+                }
+            }),
+        )
         .with_state(health)
 }
 
@@ -314,6 +333,27 @@ impl User {
             Err(e) => format!("bad uri: {e}"),
         };
         println!("{}  user: GET {path:<9} -> {seen}", stamp(self.start));
+    }
+
+    /// GETs a Prometheus scrape and prints the breaker's trips, its state and the
+    /// watchdog's probes from it.
+    async fn scrape(&self, path: &str) {
+        let uri = format!("http://{}{path}", self.shop)
+            .parse()
+            .expect("a valid uri");
+        let text = self.fetch(uri).await;
+        println!(
+            "{}  user: GET {path:<9} -> (a few of its lines)",
+            stamp(self.start)
+        );
+        for line in text.split(", ").flat_map(|part| part.lines()) {
+            let wanted = line.starts_with("steadfast_breaker_trips_total")
+                || line.starts_with("steadfast_watchdog_probes_total")
+                || (line.starts_with("steadfast_breaker_state") && line.ends_with(" 1"));
+            if wanted {
+                println!("           {line}");
+            }
+        }
     }
 
     async fn fetch(&self, uri: http::Uri) -> String {
