@@ -299,3 +299,90 @@ fn a_prometheus_scrape_shows_the_breaker() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn shed_slow_failure_rate_rejecting_and_max_elapsed_are_reported() {
+    use steadfast::keyed::KeyedBreaker;
+    use steadfast::retry::{Budget, RetryLayer, RetryPolicy};
+    let _serial = serial().await;
+    snapshotter();
+    let _ = snap();
+    // A breaker that sheds (k = 1, nothing exempt), and one that counts slow calls.
+    let breaker = Breaker::builder("metrics-shed")
+        .consecutive_failures(1_000)
+        .min_calls(1)
+        .adaptive_throttling(1.0)
+        .seed(5)
+        .build()
+        .unwrap();
+    let mut svc = breaker
+        .layer()
+        .layer(tower::service_fn(|_: ()| async { Err::<(), _>("down") }));
+    for _ in 0..30 {
+        let _ = svc.ready().await.unwrap().call(()).await;
+    }
+    let slow = Breaker::builder("metrics-slow")
+        .slow_calls(Duration::from_millis(10), 1.0)
+        .count_window(10)
+        .min_calls(5)
+        .build()
+        .unwrap();
+    let mut slow_svc = slow.layer().layer(tower::service_fn(|_: ()| async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok::<_, &'static str>(())
+    }));
+    let _ = slow_svc.ready().await.unwrap().call(()).await;
+    steadfast::metrics::record(&breaker);
+    steadfast::metrics::record(&slow);
+    let s = snap();
+    let b = ("breaker", "metrics-shed");
+    let snapshot = breaker.snapshot();
+    assert!(snapshot.shed > 0, "{snapshot:?}");
+    assert_eq!(
+        s.counter("steadfast_breaker_shed_total", &[b]),
+        snapshot.shed
+    );
+    let rate = s.gauge("steadfast_breaker_failure_rate", &[b]);
+    assert_eq!(Some(rate), snapshot.failure_rate);
+    assert_eq!(rate, 1.0, "every call sent failed");
+    let w = ("breaker", "metrics-slow");
+    assert_eq!(s.counter("steadfast_breaker_slow_total", &[w]), 1);
+
+    // A keyed breaker with one key rejecting.
+    let hosts =
+        KeyedBreaker::builder(Breaker::builder("metrics-rejecting").consecutive_failures(1))
+            .build()
+            .unwrap();
+    let health = Health::new();
+    health.register_keyed(&hosts);
+    let mut keyed = hosts
+        .layer(|host: &&'static str| host.to_string())
+        .layer(tower::service_fn(|_: &'static str| async {
+            Err::<(), _>("refused")
+        }));
+    let _ = keyed.ready().await.unwrap().call("down").await;
+    health.record_metrics();
+    let k = ("breaker", "metrics-rejecting");
+    assert_eq!(snap().gauge("steadfast_keyed_rejecting", &[k]), 1.0);
+
+    // A retry refused by max_elapsed: its first delay (1 s) ends past 500 ms.
+    let policy = RetryPolicy::new()
+        .name("metrics-elapsed")
+        .backoff(Backoff::constant(Duration::from_secs(1)))
+        .max_elapsed(Duration::from_millis(500))
+        .budget(Budget::unlimited());
+    let mut retried = RetryLayer::new(policy)
+        .unwrap()
+        .layer(tower::service_fn(|_: ()| async { Err::<(), _>("down") }));
+    let _ = retried.ready().await.unwrap().call(()).await;
+    let p = ("policy", "metrics-elapsed");
+    let s = snap();
+    assert_eq!(
+        s.counter(
+            "steadfast_retry_refused_total",
+            &[p, ("reason", "max_elapsed")]
+        ),
+        1
+    );
+    assert!(s.value("steadfast_retry_retries_total", &[p]).is_none());
+}
