@@ -81,8 +81,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most one user request may take before it counts as lost.
 const USER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The breaker must open within this of the kill: twice its default time window
-/// (4 s), after which every call in the window has failed.
-const DETECT_BOUND: Duration = Duration::from_secs(8);
+/// (2.5 s), after which every call in the window has failed.
+const DETECT_BOUND: Duration = Duration::from_secs(5);
 /// How long to wait for a first success after the restart before giving up: long
 /// enough to measure a slow recovery, not only to fail it.
 const PATIENCE: Duration = Duration::from_secs(60);
