@@ -24,6 +24,10 @@
 //!   while still in use gets a fresh breaker (closed, with empty windows) at its next
 //!   call. Calls in flight on an evicted breaker finish normally.
 //!
+//! An evicted breaker is freed once no lookup can still see it, so keys churning at
+//! the cap hold transient extra bytes; see
+//! [`max_keys`](KeyedBreakerBuilder::max_keys) ("Memory under churn") for how much.
+//!
 //! Each key costs a [`Breaker`] (its counters are striped per thread: about 8 KiB on a
 //! machine with a few cores) plus the key; size `max_keys` with that in mind.
 //!
@@ -95,7 +99,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use foldhash::fast::RandomState;
-use scc::ebr::Guard;
+use scc::ebr::{AtomicShared, Guard, Shared, Tag};
 use scc::HashIndex;
 use tokio::time::Instant;
 
@@ -216,6 +220,22 @@ where
 {
     /// At most `n` keys are held (default [`DEFAULT_MAX_KEYS`], 1 to 16,777,216);
     /// see the [module docs](self) for what happens at the cap.
+    ///
+    /// # Memory under churn
+    ///
+    /// `n` bounds the keys held, not the bytes at every instant. Lookups take no lock
+    /// (epoch-based reclamation, [`scc::ebr`]), so an evicted key's breaker is freed
+    /// only once no thread can still be reading it: by the thread that evicted it,
+    /// after every thread inside a lookup has moved on (three epochs later). New keys
+    /// arriving at the cap evict a breaker each, so the bytes awaiting reclamation
+    /// grow with the churn rate times the slowest thread's delay; a thread
+    /// descheduled mid-lookup holds everyone's back. The peak is a transient multiple
+    /// of `n` keys' bytes, not a trend: two threads calling through 150,000 new keys
+    /// each at `max_keys(64)` peaked at 2.5x to 13x the bytes of 64 held keys in a
+    /// debug build, 3.5x to 27x in release, on a 2-core machine busy compiling, and
+    /// came back to 1.05x once each thread had freed its garbage. A thread that goes
+    /// idle keeps what it retired until its next lookup or its exit. Measure with
+    /// `cargo test --release --test keyed_memory -- --nocapture`.
     pub fn max_keys(mut self, n: usize) -> Self {
         self.max_keys = n;
         self
@@ -325,7 +345,12 @@ where
 
 /// One key's breaker, with what eviction needs.
 struct Entry {
-    breaker: Breaker,
+    /// Emptied when the key is evicted. The map frees a removed entry only when a
+    /// later write to its bucket finds no reader can still see it, which under churn
+    /// can take many evictions; emptying the slot frees the breaker (the bulk of the
+    /// entry's bytes) as soon as no reader can see it, whatever the bucket does. A
+    /// reader that finds it empty treats the key as not held.
+    breaker: AtomicShared<Breaker>,
     /// Set by a call, cleared by a sweep (which then stamps `seen`): the call path
     /// writes it only when it is clear, so hot keys are read-only.
     touched: AtomicBool,
@@ -336,6 +361,21 @@ struct Entry {
 }
 
 impl Entry {
+    fn new(breaker: Breaker, now: u64, watchdog: Option<WatchdogHandle>) -> Self {
+        Self {
+            breaker: AtomicShared::new(breaker),
+            touched: AtomicBool::new(false),
+            seen: AtomicU64::new(now),
+            watchdog,
+        }
+    }
+
+    /// The breaker, unless the key was evicted.
+    #[inline(always)]
+    fn breaker<'g>(&self, guard: &'g Guard) -> Option<&'g Breaker> {
+        self.breaker.load(Acquire, guard).as_ref()
+    }
+
     #[inline(always)]
     fn touch(&self) {
         if !self.touched.load(Relaxed) {
@@ -343,12 +383,16 @@ impl Entry {
         }
     }
 
-    /// The key is evicted: its watchdog stops now (the map frees the entry itself
-    /// only once no reader can still see it).
+    /// The key is evicted: its watchdog stops now, and its breaker is freed once no
+    /// reader can still see it (the map frees the rest of the entry later still).
     fn retire(&self) {
         if let Some(watchdog) = &self.watchdog {
             watchdog.stop();
         }
+        drop(
+            self.breaker
+                .swap((None::<Shared<Breaker>>, Tag::None), AcqRel),
+        );
     }
 
     /// When the key was last known used, folding in a touch since the last sweep.
@@ -482,9 +526,8 @@ where
 
     /// The breaker of `key` if it is held now; does not count as a use.
     pub fn get(&self, key: &K) -> Option<Breaker> {
-        self.inner
-            .map
-            .peek_with(key, |_, entry| entry.breaker.clone())
+        let guard = Guard::new();
+        self.inner.map.peek(key, &guard)?.breaker(&guard).cloned()
     }
 
     /// A [`BreakerLayer`] for `key`'s breaker (made now if new): one endpoint's
@@ -515,7 +558,10 @@ where
         let guard = Guard::new();
         let (mut rejecting, mut shown, mut closed) = (0, Vec::new(), Vec::new());
         for (key, entry) in inner.map.iter(&guard) {
-            let state = entry.breaker.state();
+            let Some(breaker) = entry.breaker(&guard) else {
+                continue;
+            };
+            let state = breaker.state();
             if state.is_rejecting() {
                 rejecting += 1;
             }
@@ -527,7 +573,7 @@ where
             if list.len() < inner.snapshot_keys {
                 list.push(KeySnapshot {
                     key: key_text(key),
-                    breaker: entry.breaker.snapshot(),
+                    breaker: breaker.snapshot(),
                 });
             }
         }
@@ -547,12 +593,13 @@ where
     pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&Breaker) -> R) -> R {
         let guard = Guard::new();
         if let Some(entry) = self.inner.map.peek(key, &guard) {
-            entry.touch();
-            return f(&entry.breaker);
+            if let Some(breaker) = entry.breaker(&guard) {
+                entry.touch();
+                return f(breaker);
+            }
         }
         drop(guard);
-        let entry = self.inner.create(key);
-        f(&entry.breaker)
+        f(&self.inner.create(key))
     }
 }
 
@@ -581,16 +628,22 @@ where
         self.create.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes `key`'s entry: the slow path, under the create mutex.
+    /// Makes `key`'s entry and returns its breaker: the slow path, under the create
+    /// mutex.
     #[cold]
     #[inline(never)]
-    fn create(&self, key: &K) -> Arc<Entry> {
+    fn create(&self, key: &K) -> Breaker {
         let mut sweeps = self.lock();
-        // Another caller may have made it meanwhile.
-        if let Some(entry) = self.map.peek_with(key, |_, entry| entry.clone()) {
-            entry.touch();
-            return entry;
+        // Another caller may have made it meanwhile (a held key's breaker is emptied
+        // only under this mutex, as the key is removed).
+        let guard = Guard::new();
+        if let Some(entry) = self.map.peek(key, &guard) {
+            if let Some(breaker) = entry.breaker(&guard) {
+                entry.touch();
+                return breaker.clone();
+            }
         }
+        drop(guard);
         let now = self.now();
         if now.saturating_sub(sweeps.last) >= self.idle / 8 {
             self.sweep_idle(&mut sweeps, now);
@@ -612,16 +665,11 @@ where
                 })
                 .ok()
         });
-        let entry = Arc::new(Entry {
-            breaker,
-            touched: AtomicBool::new(false),
-            seen: AtomicU64::new(now),
-            watchdog,
-        });
-        if self.map.insert(key.clone(), entry.clone()).is_ok() {
+        let entry = Arc::new(Entry::new(breaker.clone(), now, watchdog));
+        if self.map.insert(key.clone(), entry).is_ok() {
             self.len.fetch_add(1, AcqRel);
         }
-        entry
+        breaker
     }
 
     /// Removes keys unused for `idle`; under the create mutex.
@@ -718,6 +766,27 @@ mod tests {
         }
         assert!(b().max_keys(1).idle(MIN_IDLE).build().is_ok());
         assert!(b().max_keys(MAX_MAX_KEYS).build().is_ok());
+    }
+
+    #[test]
+    fn an_evicted_entry_lets_go_of_its_breaker_while_the_map_still_holds_it() {
+        let keyed = b().max_keys(1).build().unwrap();
+        let first = keyed.breaker(&1);
+        let guard = Guard::new();
+        // What a lookup in flight holds: the entry, readable until its guard drops.
+        let entry = keyed.inner.map.peek(&1, &guard).unwrap();
+        assert!(entry.breaker(&guard).is_some());
+        keyed.breaker(&2); // at the cap: evicts key 1
+        assert_eq!(keyed.evicted(), 1);
+        // The slot is empty at once (the breaker itself is freed once no guard can
+        // see it), so a lookup that still sees the entry treats the key as not held.
+        assert!(entry.breaker(&guard).is_none());
+        assert!(keyed.get(&1).is_none());
+        drop(guard);
+        // Its handles still work, and the key comes back with a fresh breaker.
+        assert_eq!(first.state(), State::Closed);
+        keyed.breaker(&1);
+        assert_eq!((keyed.len(), keyed.evicted()), (1, 2));
     }
 
     #[test]
