@@ -28,8 +28,8 @@
 //! the cap hold transient extra bytes; see
 //! [`max_keys`](KeyedBreakerBuilder::max_keys) ("Memory under churn") for how much.
 //!
-//! Each key costs a [`Breaker`] (its counters are striped per thread: about 8 KiB on a
-//! machine with a few cores) plus the key; size `max_keys` with that in mind.
+//! Each key costs a [`Breaker`] (its counters are striped per thread: about 4 KiB with a
+//! count or consecutive rule, 6 KiB with a time window, on 2 cores) plus the key.
 //!
 //! # Cost
 //!
