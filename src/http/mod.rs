@@ -2,6 +2,11 @@
 //! safe (idempotent requests only, bodies replayed byte for byte), and breaker
 //! rejections as `503 Service Unavailable`. Feature `http`.
 //!
+//! With the feature `client`, [`Client`] puts it all together over hyper-util: one
+//! builder for a client with retry, a breaker per origin, an attempt timeout and an
+//! optional watchdog. With the feature `axum`, its [`Error`] is a response and
+//! [`axum::health_routes`] serves `/health` and `/ready`.
+//!
 //! # Known limitation
 //!
 //! A task that drives the retry stack over a client sending
@@ -14,11 +19,20 @@
 //! Without `max_elapsed`, a `Retry-After` is honoured up to one day: set `max_elapsed`
 //! to bound how long a request may wait.
 
+#[cfg(feature = "axum")]
+pub mod axum;
 mod classify;
+#[cfg(feature = "client")]
+mod client;
 pub mod open;
 pub mod replay;
 mod retry;
 pub mod retry_after;
 
 pub use self::classify::{is_connect_error, BreakerClassifier, RetryClassifier, TowerHttp};
+#[cfg(feature = "client")]
+pub use self::client::{
+    Breakers, ByOrigin, Client, ClientBuilder, Error, ErrorKind, HttpProbe, HttpRetryPolicy,
+    HyperClient, Origin, ResponseFuture,
+};
 pub use self::retry::{retry_policy, Attempts, HttpRequests, HttpResponses, IDEMPOTENCY_KEY};
