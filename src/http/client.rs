@@ -188,7 +188,7 @@ impl ClientBuilder {
     }
 
     /// Builds the client over hyper-util's client with an `HttpConnector` (plain
-    /// HTTP/1).
+    /// HTTP/1), sending [`Full<Bytes>`] bodies.
     ///
     /// # Errors
     ///
@@ -197,19 +197,28 @@ impl ClientBuilder {
     /// [`RetryLayer::new`]), a zero or over-a-day `timeout`, `max_origins` of 0,
     /// a `probe` that is not a path (per origin) or not an absolute URI (one breaker),
     /// the watchdog's settings, or a probe set outside a tokio runtime.
-    pub fn build<B>(self) -> Result<Client<B>, ConfigError>
-    where
-        B: Body + Default + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
+    pub fn build(self) -> Result<Client, ConfigError> {
         let hyper = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .build(HttpConnector::new());
         self.build_with(hyper)
     }
 
     /// Builds the client over a hyper-util client of your own: another connector
-    /// (TLS), HTTP/2, pool settings.
+    /// (TLS), HTTP/2, pool settings, another body type.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Empty;
+    /// use hyper_util::client::legacy::{connect::HttpConnector, Client as Hyper};
+    /// use hyper_util::rt::TokioExecutor;
+    /// use steadfast::http::Client;
+    ///
+    /// let mut connector = HttpConnector::new();
+    /// connector.set_nodelay(true);
+    /// let hyper = Hyper::builder(TokioExecutor::new()).build(connector);
+    /// let client: Client<Empty<Bytes>> = Client::builder("search").build_with(hyper)?;
+    /// # Ok::<(), steadfast::ConfigError>(())
+    /// ```
     ///
     /// # Errors
     ///
