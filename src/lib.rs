@@ -18,7 +18,9 @@
 //! | keeps failing, again and again | the watchdog's [`max_trips`](watchdog::WatchdogBuilder::max_trips) and [`health`] | reports the service not ready instead of crashing it |
 //!
 //! With the `http` feature, [`http`] adds HTTP classifiers, `Retry-After`, retries of
-//! idempotent requests with their bodies replayed, and rejections as `503`.
+//! idempotent requests with their bodies replayed, and rejections as `503`; with
+//! `client`, [`http::Client`] is all of it over hyper-util in one builder, and with
+//! `axum` its errors are responses and `/health` and `/ready` come ready-made.
 //!
 //! # How they stack
 //!
@@ -69,7 +71,9 @@
 //! - [`watchdog`]: probing a dead downstream, and restart intensity (escalation).
 //! - [`health`]: readiness from breakers, for `/ready` and `/health` routes.
 //! - [`keyed`]: a breaker per key of the request, with bounded memory.
-//! - [`http`] (feature `http`): HTTP classifiers, retries and responses.
+//! - [`http`] (feature `http`): HTTP classifiers, retries and responses; the
+//!   protected [`Client`](http::Client) (feature `client`); axum integration
+//!   (feature `axum`).
 //! - [`metrics`] (feature `metrics`): breakers and watchdogs as metrics series, read
 //!   at scrape time.
 //!
@@ -103,9 +107,9 @@ pub mod watchdog;
 
 pub use config::ConfigError;
 
-// The README's examples compile and run as doctests (with the `http` feature, which
+// The README's examples compile and run as doctests (with the `axum` feature, which
 // its HTTP example needs; the README's test command enables every feature).
-#[cfg(all(doctest, feature = "http"))]
+#[cfg(all(doctest, feature = "axum"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 pub use outcome::{Classify, ErrorsAsFailures, Outcome};

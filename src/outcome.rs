@@ -33,11 +33,18 @@ pub enum Outcome {
 /// assert_eq!(classify.classify(&Err("not found")), Outcome::Ignored);
 /// assert_eq!(classify.classify(&Err("timed out")), Outcome::Failure);
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot classify a `Result<{T}, {E}>`",
+    label = "this classifier is for another response type",
+    note = "the HTTP classifiers (`BreakerClassifier`, `RetryClassifier`, `TowerHttp`) classify `Result<http::Response<B>, E>`: use them on an HTTP client or server",
+    note = "for other services pass a closure `|result: &Result<{T}, {E}>| -> Outcome`, or implement `Classify<{T}, {E}>`"
+)]
 pub trait Classify<T, E> {
     /// Classifies one result.
     fn classify(&self, result: &Result<T, E>) -> Outcome;
 }
 
+#[diagnostic::do_not_recommend]
 impl<T, E, F> Classify<T, E> for F
 where
     F: Fn(&Result<T, E>) -> Outcome,

@@ -53,21 +53,30 @@
 //!     {
 //!       "breaker": {
 //!         "name": "prices", "state": "open", "calls": 40, "successes": 12,
-//!         "failures": 28, "rejected": 115, "shed": 0, "slow": 0,
-//!         "failure_rate": 0.7, "slow_rate": 0.0, "trips": 1,
-//!         "retry_after_ms": 1800
+//!         "failures": 28, "ignored": 0, "slow": 0, "rejected": 115, "shed": 0,
+//!         "trips": 1, "failure_rate": 0.7, "retry_after_ms": 1800
 //!       },
 //!       "escalated": false,
 //!       "blocks_readiness": false
 //!     }
 //!   ],
-//!   "keyed": []
+//!   "keyed": [
+//!     {
+//!       "name": "hosts", "keys": 2, "rejecting": 1, "evicted": 0,
+//!       "shown": [{ "key": "Some(http://10.0.0.7:8080)", "breaker": { "name": "hosts", "...": "as above" } }]
+//!     }
+//!   ]
 //! }
 //! ```
 //!
 //! `state` is one of `closed`, `open`, `half-open`, `forced-open`, `forced-closed`;
-//! `retry_after_ms` is `null` when no time can be given; `keyed` lists the
-//! [keyed breakers](crate::keyed::KeyedSnapshot) and is left out when empty.
+//! `failure_rate` is `null` without a rate rule or with an empty window;
+//! `retry_after_ms` (whole milliseconds, rounded up) is `null` unless open with a
+//! known time; `keyed` lists the [keyed breakers](crate::keyed::KeyedSnapshot) (a
+//! client's breakers per origin among them), up to their `snapshot_keys` keys each,
+//! and is left out when empty. The fields are those of
+//! [`HealthSnapshot`](crate::health::HealthSnapshot) and
+//! [`Snapshot`](crate::breaker::Snapshot).
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};

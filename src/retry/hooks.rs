@@ -10,6 +10,12 @@ use std::time::Duration;
 /// is allowed: it returns the request for the first attempt and, if the request may be
 /// retried at all, a replay from which [`next`](Self::next) makes each later attempt's
 /// request. Returning no replay means the request is sent once (an HTTP `POST`, say).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot send `{Req}` again",
+    label = "a retried request must be sent more than once",
+    note = "`RetryPolicy::new()` resends a clone of the request (`CloneRequests`), and an HTTP request with a streaming body cannot be cloned",
+    note = "for HTTP use `steadfast::http::retry_policy()`, which replays bodies (feature `http`), or `steadfast::http::Client` (feature `client`); for another request type, make it `Clone` or implement `RetryRequest`"
+)]
 pub trait RetryRequest<Req> {
     /// The request type sent to the inner service.
     type Out;
@@ -36,6 +42,7 @@ pub trait RetryRequest<Req> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CloneRequests;
 
+#[diagnostic::do_not_recommend]
 impl<Req: Clone> RetryRequest<Req> for CloneRequests {
     type Out = Req;
     type Replay = Req;
