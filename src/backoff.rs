@@ -32,7 +32,8 @@
 
 use std::time::Duration;
 
-use crate::config::{nanos, ConfigError, MAX_DURATION};
+use crate::config::{ConfigError, MAX_DURATION};
+use crate::nanos::nanos;
 
 /// How a delay is randomized. See the [module docs](self) for why.
 ///
@@ -150,7 +151,17 @@ impl Backoff {
         }
     }
 
+    /// The jitter in use. (A value that is its own builder reads its settings with
+    /// `get_`: [`jitter`](Self::jitter) sets it.)
+    pub const fn get_jitter(&self) -> Jitter {
+        self.jitter
+    }
+
     /// The jitter in use.
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `get_jitter`, as `RetryPolicy::get_budget`"
+    )]
     pub const fn jitter_kind(&self) -> Jitter {
         self.jitter
     }

@@ -3,8 +3,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 /// The longest duration any setting accepts (one day). Longer values are almost
 /// certainly a unit mistake (milliseconds passed as seconds) and are refused.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -54,19 +52,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// A duration in nanoseconds, saturating (584 years).
-#[inline]
-pub(crate) fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Nanoseconds from `start` to `at`; 0 if `at` is earlier. The clocks of the breaker,
-/// its windows and the keyed map count this way from their start.
-#[inline]
-pub(crate) fn nanos_since(start: Instant, at: Instant) -> u64 {
-    nanos(at.saturating_duration_since(start))
-}
 
 /// Checks a rate is in (0, 1].
 pub(crate) fn check_rate(field: &'static str, rate: f64) -> Result<(), ConfigError> {

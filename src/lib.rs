@@ -99,6 +99,7 @@ pub mod http;
 pub mod keyed;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+mod nanos;
 mod outcome;
 pub mod retry;
 mod stripe;

@@ -443,7 +443,7 @@ async fn hyper_sends_every_attempt_byte_for_byte() {
 async fn read_some(mut body: ReplayBody<Chunked>, stop: Option<usize>) -> Vec<u8> {
     let mut sent = Vec::new();
     let mut frames = 0;
-    while stop.map_or(true, |stop| frames < stop) {
+    while stop.is_none_or(|stop| frames < stop) {
         let Some(frame) = body.frame().await else {
             break;
         };

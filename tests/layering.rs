@@ -1,5 +1,5 @@
 //! The layout's one rule: arrows point down. The helper modules (thread slots and
-//! stamped counters, backoff, configuration checks, outcomes, the sync shim) import
+//! stamped counters, nanosecond clocks, backoff, configuration checks, outcomes, the sync shim) import
 //! nothing from the capability modules (breaker, retry, watchdog, keyed, http), so no
 //! module depends on itself through another. (`src/chain.rs` is not one of them: it
 //! sits above the breaker, finding its public `Open` error in error chains for the
@@ -7,8 +7,9 @@
 
 use std::path::Path;
 
-const HELPERS: [&str; 5] = [
+const HELPERS: [&str; 6] = [
     "src/stripe.rs",
+    "src/nanos.rs",
     "src/backoff.rs",
     "src/config.rs",
     "src/outcome.rs",

@@ -36,7 +36,7 @@ use super::window::{CachePadded, CountWindow, TimeWindow, Totals};
 use super::word::*;
 use super::State;
 use crate::backoff;
-use crate::config::{nanos, nanos_since};
+use crate::nanos::{nanos, nanos_since};
 use crate::stripe::{bump, parallelism};
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use crate::sync::{Mutex, MutexGuard};

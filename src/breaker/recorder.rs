@@ -10,7 +10,7 @@ use super::local::{with_local, Local};
 use super::machine::{Admission, Reason, Shared};
 use super::shard::{Shard, NO_OWNER};
 use super::word::HALF_OPEN;
-use crate::config::nanos;
+use crate::nanos::nanos;
 use crate::stripe::bump;
 use crate::Outcome;
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::local::with_local;
-use crate::config::{nanos, nanos_since};
+use crate::nanos::{nanos, nanos_since};
 use crate::stripe::{bump_stamped, live_count, parallelism, stamp, stripe_of};
 use crate::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 

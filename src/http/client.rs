@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
@@ -21,6 +21,7 @@ use tower_service::Service;
 
 use super::replay::ReplayBody;
 use super::{retry_policy, BreakerClassifier, HttpRequests, HttpResponses, RetryClassifier};
+use super::{ByOrigin, Origin};
 use crate::breaker::error::Open;
 use crate::breaker::service::call_through;
 use crate::breaker::{Breaker, BreakerBuilder};
@@ -326,68 +327,6 @@ where
     C: Connect + Clone + Send + Sync + 'static,
 {
     Arc::new(ProbeHyper(hyper.clone()))
-}
-
-/// Where a request goes: its URI's scheme and authority. The key of a client's
-/// breakers per origin.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Origin {
-    scheme: Scheme,
-    authority: Authority,
-}
-
-impl Origin {
-    /// The origin of `uri`; `None` for a URI without scheme or authority.
-    pub fn of(uri: &Uri) -> Option<Self> {
-        Some(Self {
-            scheme: uri.scheme()?.clone(),
-            authority: uri.authority()?.clone(),
-        })
-    }
-
-    /// The scheme, `http` or `https`.
-    pub fn scheme(&self) -> &Scheme {
-        &self.scheme
-    }
-
-    /// The host and port.
-    pub fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
-    fn uri(&self, path: &PathAndQuery) -> Option<Uri> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path.clone())
-            .build()
-            .ok()
-    }
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.authority)
-    }
-}
-
-impl fmt::Debug for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Keys a request by its [`Origin`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ByOrigin;
-
-impl<B> KeyFn<Request<B>> for ByOrigin {
-    type Key = Option<Origin>;
-
-    #[inline]
-    fn key(&self, req: &Request<B>) -> Self::Key {
-        Origin::of(req.uri())
-    }
 }
 
 /// A client's breakers: one, or one per [`Origin`].

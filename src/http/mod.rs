@@ -24,6 +24,7 @@ pub mod axum;
 mod classify;
 #[cfg(feature = "client")]
 mod client;
+mod key;
 pub mod open;
 pub mod replay;
 mod retry;
@@ -32,7 +33,8 @@ pub mod retry_after;
 pub use self::classify::{is_connect_error, BreakerClassifier, RetryClassifier, TowerHttp};
 #[cfg(feature = "client")]
 pub use self::client::{
-    Breakers, ByOrigin, Client, ClientBuilder, Error, ErrorKind, HttpProbe, HttpRetryPolicy,
-    HyperClient, Origin, ResponseFuture,
+    Breakers, Client, ClientBuilder, Error, ErrorKind, HttpProbe, HttpRetryPolicy, HyperClient,
+    ResponseFuture,
 };
+pub use self::key::{ByAuthority, ByOrigin, Origin};
 pub use self::retry::{retry_policy, Attempts, HttpRequests, HttpResponses, IDEMPOTENCY_KEY};

@@ -369,7 +369,7 @@ mod tests {
             let exact = at(date_secs).duration_since(now).unwrap_or(Duration::ZERO);
             prop_assert_eq!(got, exact.min(MAX_RETRY_AFTER));
             let ideal = date.duration_since(now).unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER);
-            let diff = if got > ideal { got - ideal } else { ideal - got };
+            let diff = got.abs_diff(ideal);
             prop_assert!(diff < Duration::from_secs(1), "{got:?} vs {ideal:?}");
         }
     }

@@ -104,7 +104,8 @@ use scc::HashIndex;
 use tokio::time::Instant;
 
 use crate::breaker::{Breaker, BreakerBuilder, BreakerLayer, Config, Snapshot, State};
-use crate::config::{check_duration, nanos, nanos_since, ConfigError};
+use crate::config::{check_duration, ConfigError};
+use crate::nanos::{nanos, nanos_since};
 use crate::watchdog::{Probe, Watchdog, WatchdogBuilder, WatchdogHandle};
 
 mod layer;
@@ -130,7 +131,8 @@ const KEY_TEXT: usize = 64;
 /// How a keyed layer finds the key of a request.
 ///
 /// Implemented for every `Fn(&Req) -> K`. With the `http` feature,
-/// [`ByAuthority`] keys HTTP requests by their URI's authority.
+/// [`http::ByAuthority`](crate::http::ByAuthority) keys HTTP requests by their URI's
+/// authority, and [`http::ByOrigin`](crate::http::ByOrigin) by scheme and authority.
 pub trait KeyFn<Req> {
     /// The key: a host, an address, a tenant.
     type Key;
@@ -151,43 +153,11 @@ where
     }
 }
 
-/// Keys an HTTP request by its URI's authority (`host:port`), or its `Host` header
-/// when the URI has none (as on a server); `None` when it has neither, and all such
-/// requests share one breaker. Feature `http`.
-///
-/// ```
-/// use steadfast::breaker::Breaker;
-/// use steadfast::keyed::{ByAuthority, KeyFn, KeyedBreaker};
-///
-/// let req = http::Request::get("http://10.0.0.7:8080/users").body(()).unwrap();
-/// assert_eq!(ByAuthority.key(&req).unwrap().as_str(), "10.0.0.7:8080");
-/// let upstreams = KeyedBreaker::<Option<http::uri::Authority>>::builder(
-///     Breaker::builder("upstreams"),
-/// )
-/// .build()?;
-/// let layer = upstreams.layer(ByAuthority);
-/// # let _ = layer;
-/// # Ok::<(), steadfast::ConfigError>(())
-/// ```
+/// Moved to [`steadfast::http::ByAuthority`](crate::http::ByAuthority), with the
+/// other HTTP keys.
 #[cfg(feature = "http")]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ByAuthority;
-
-#[cfg(feature = "http")]
-impl<B> KeyFn<http::Request<B>> for ByAuthority {
-    type Key = Option<http::uri::Authority>;
-
-    #[inline]
-    fn key(&self, req: &http::Request<B>) -> Self::Key {
-        match req.uri().authority() {
-            Some(authority) => Some(authority.clone()),
-            None => req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok()),
-        }
-    }
-}
+#[doc(hidden)]
+pub use crate::http::ByAuthority;
 
 type MakeWatchdog<K> =
     Arc<dyn Fn(&K, &Breaker) -> Result<WatchdogHandle, ConfigError> + Send + Sync>;

@@ -42,7 +42,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{check_duration, nanos, ConfigError};
+use crate::config::{check_duration, ConfigError};
+use crate::nanos::nanos;
 use crate::stripe::{add_stamped, bump_stamped, live_count, parallelism, pick};
 use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

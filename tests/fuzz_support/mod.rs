@@ -404,7 +404,7 @@ pub fn backoff(data: &[u8]) {
     for (n, d) in iter.by_ref().take(take).enumerate() {
         if valid {
             assert!(d <= backoff.max(), "{backoff:?}: delay {n} is {d:?}");
-            if backoff.jitter_kind() == Jitter::Decorrelated {
+            if backoff.get_jitter() == Jitter::Decorrelated {
                 assert!(d >= backoff.base(), "{backoff:?}: delay {n} is {d:?}");
             }
         }
@@ -413,7 +413,7 @@ pub fn backoff(data: &[u8]) {
     iter.reset();
     assert_eq!(iter.attempt(), 0);
     let _ = iter.next();
-    if backoff.jitter_kind() == Jitter::None && valid {
+    if backoff.get_jitter() == Jitter::None && valid {
         // Without jitter the same backoff gives the same delays.
         let a: Vec<_> = backoff.iter().take(16).collect();
         let b: Vec<_> = backoff.iter().take(16).collect();
