@@ -74,6 +74,8 @@
 //! - [`http`] (feature `http`): HTTP classifiers, retries and responses; the
 //!   protected [`Client`](http::Client) (feature `client`); axum integration
 //!   (feature `axum`).
+//! - [`grpc`] (feature `grpc`): tonic clients and servers: `grpc-status` from trailers,
+//!   gRFC A6 retries with pushback, rejections as `UNAVAILABLE`, a health-check probe.
 //! - [`metrics`] (feature `metrics`): breakers and watchdogs as metrics series, read
 //!   at scrape time.
 //!
@@ -93,6 +95,8 @@ pub mod backoff;
 pub mod breaker;
 mod chain;
 mod config;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod health;
 #[cfg(feature = "http")]
 pub mod http;

@@ -96,7 +96,11 @@ where
 /// enough to be inlined into the caller's loop.
 #[cold]
 #[inline(never)]
-fn rejection(recorder: &mut Recorder, retry_after: Option<Duration>, shed: bool) -> BoxError {
+pub(crate) fn rejection(
+    recorder: &mut Recorder,
+    retry_after: Option<Duration>,
+    shed: bool,
+) -> BoxError {
     match recorder.reject() {
         Some(name) if shed => Open::shed(name, retry_after).into(),
         Some(name) => Open::new(name, retry_after).into(),

@@ -378,26 +378,60 @@ pub(crate) fn call_through<F, C>(
     classify: C,
     call: impl FnOnce() -> F,
 ) -> ResponseFuture<F, C> {
+    match admit(breaker) {
+        Admitted::Call(recorder) => ResponseFuture::called(call(), recorder, classify),
+        Admitted::Rejected {
+            recorder,
+            retry_after,
+            shed,
+        } => ResponseFuture::rejected(recorder, retry_after, shed, classify),
+    }
+}
+
+/// What [`admit`] decided for one call.
+pub(crate) enum Admitted {
+    /// Make the call, and finish its recorder with its outcome.
+    Call(Recorder),
+    /// Rejected: the recorder names the breaker (see [`Recorder::reject`]).
+    Rejected {
+        recorder: Recorder,
+        retry_after: Option<Duration>,
+        shed: bool,
+    },
+}
+
+/// Decides one call at `call` time: the admission behind [`call_through`], for
+/// services that carry the recorder past the response future (gRPC, whose outcome
+/// comes with the end of the body).
+#[inline(always)]
+pub(crate) fn admit(breaker: &Breaker) -> Admitted {
     let core = &breaker.core;
     let admission = match breaker.shared.admit_closed() {
         Some(epoch) => Admission::Pass { epoch },
         None => core.shared.admit(),
     };
-    let recorder = match admission {
-        Admission::Pass { epoch } => Recorder::pass(core.lease(&breaker.shared), epoch),
+    match admission {
+        Admission::Pass { epoch } => {
+            Admitted::Call(Recorder::pass(core.lease(&breaker.shared), epoch))
+        }
         Admission::Trial { .. } => {
-            Recorder::new(core.shard(), admission).unwrap_or_else(Recorder::idle)
+            Admitted::Call(Recorder::new(core.shard(), admission).unwrap_or_else(Recorder::idle))
         }
         Admission::Reject { retry_after } => {
             core.count_rejected(false);
-            let recorder = Recorder::rejected(core.lease(&breaker.shared));
-            return ResponseFuture::rejected(recorder, retry_after, false, classify);
+            Admitted::Rejected {
+                recorder: Recorder::rejected(core.lease(&breaker.shared)),
+                retry_after,
+                shed: false,
+            }
         }
         Admission::Shed { retry_after } => {
             core.count_rejected(true);
-            let recorder = Recorder::rejected(core.lease(&breaker.shared));
-            return ResponseFuture::rejected(recorder, Some(retry_after), true, classify);
+            Admitted::Rejected {
+                recorder: Recorder::rejected(core.lease(&breaker.shared)),
+                retry_after: Some(retry_after),
+                shed: true,
+            }
         }
-    };
-    ResponseFuture::called(call(), recorder, classify)
+    }
 }

@@ -197,6 +197,13 @@ impl<B> RequestReplay<B> {
         self.body.is_replayable()
     }
 
+    /// The gRPC messages (length-prefixed) the body has carried so far, a started one
+    /// included; for retries of unary calls only.
+    #[cfg(feature = "grpc")]
+    pub(crate) fn messages_seen(&self) -> usize {
+        self.body.messages_seen()
+    }
+
     /// The request's method.
     pub fn method(&self) -> &Method {
         &self.head.method
@@ -625,6 +632,17 @@ pub struct Replay<B> {
 }
 
 impl<B> Replay<B> {
+    /// See [`RequestReplay::messages_seen`].
+    #[cfg(feature = "grpc")]
+    fn messages_seen(&self) -> usize {
+        let state = lock(&self.shared);
+        let chunks = state.frames.iter().filter_map(|kept| match kept {
+            Kept::Data(data) => Some(&data[..]),
+            Kept::Trailers(_) => None,
+        });
+        grpc_messages(chunks.chain(std::iter::once(&state.gathering[..])))
+    }
+
     /// The next attempt's body, which yields what earlier attempts read and then reads
     /// on; `None` if the body cannot be replayed: more than the cap was read, or the
     /// original body failed.
@@ -700,6 +718,41 @@ impl fmt::Display for SourceFailed {
 }
 
 impl std::error::Error for SourceFailed {}
+
+/// How many length-prefixed gRPC messages (a flag byte, a big-endian `u32` length,
+/// the message) `chunks` hold, a started one included.
+#[cfg(feature = "grpc")]
+fn grpc_messages<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> usize {
+    let mut messages = 0;
+    // The bytes still to skip of the current message, or the prefix read so far.
+    let mut skip: u64 = 0;
+    let mut prefix = [0u8; 5];
+    let mut have = 0;
+    for mut chunk in chunks {
+        while !chunk.is_empty() {
+            if skip > 0 {
+                let n = chunk.len().min(usize::try_from(skip).unwrap_or(usize::MAX));
+                chunk = &chunk[n..];
+                skip -= n as u64;
+                continue;
+            }
+            if have == 0 {
+                messages += 1;
+            }
+            let n = chunk.len().min(5 - have);
+            prefix[have..have + n].copy_from_slice(&chunk[..n]);
+            have += n;
+            chunk = &chunk[n..];
+            if have == 5 {
+                skip = u64::from(u32::from_be_bytes([
+                    prefix[1], prefix[2], prefix[3], prefix[4],
+                ]));
+                have = 0;
+            }
+        }
+    }
+    messages
+}
 
 #[cfg(test)]
 mod tests {
@@ -889,5 +942,35 @@ mod tests {
         let body = ReplayBody::once(chunks(&[b"x", b"y"]));
         assert!(format!("{body:?}").contains("once"));
         assert_eq!(read_all(body).await.unwrap(), "xy");
+    }
+
+    #[cfg(feature = "grpc")]
+    #[test]
+    fn grpc_message_count() {
+        let frame = |len: u32| {
+            let mut f = vec![0u8];
+            f.extend_from_slice(&len.to_be_bytes());
+            f.extend(std::iter::repeat(7u8).take(len as usize));
+            f
+        };
+        let one = frame(3);
+        assert_eq!(grpc_messages(std::iter::empty()), 0);
+        assert_eq!(grpc_messages([&one[..]].into_iter()), 1);
+        // Split anywhere, even inside the prefix.
+        for at in 0..one.len() {
+            assert_eq!(
+                grpc_messages([&one[..at], &one[at..]].into_iter()),
+                1,
+                "{at}"
+            );
+        }
+        let two: Vec<u8> = one.iter().chain(frame(0).iter()).copied().collect();
+        assert_eq!(grpc_messages([&two[..]].into_iter()), 2);
+        assert_eq!(
+            grpc_messages([&two[..9]].into_iter()),
+            2,
+            "a started second"
+        );
+        assert_eq!(grpc_messages([&two[..8]].into_iter()), 1);
     }
 }
