@@ -273,13 +273,10 @@ impl<B: Body> Body for GrpcBody<B> {
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(mut recorder) = this.recorder.take() {
             let outcome = match &frame {
-                Some(Ok(frame)) => match frame.trailers_ref() {
-                    Some(trailers) => Some(
-                        status_of(trailers)
-                            .map_or(Outcome::Failure, |code| outcome(*this.failures, code)),
-                    ),
-                    None => None,
-                },
+                Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
+                    status_of(trailers)
+                        .map_or(Outcome::Failure, |code| outcome(*this.failures, code))
+                }),
                 Some(Err(_)) => Some(Outcome::Failure),
                 // The end, with no status: a broken call.
                 None => Some(Outcome::Failure),

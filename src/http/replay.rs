@@ -950,7 +950,7 @@ mod tests {
         let frame = |len: u32| {
             let mut f = vec![0u8];
             f.extend_from_slice(&len.to_be_bytes());
-            f.extend(std::iter::repeat(7u8).take(len as usize));
+            f.extend(std::iter::repeat_n(7u8, len as usize));
             f
         };
         let one = frame(3);
