@@ -1,3 +1,29 @@
+//! [`BreakerService`]: a service guarded by a breaker, and the call-time admission
+//! of services that pick their breaker per request ([`call_through`], [`admit`]).
+//!
+//! # A closed call, step by step
+//!
+//! 1. `poll_ready` asks [`Shared::admit_closed`], the inline half of
+//!    [`Shared::admit`]: one load of the state word. Closed: the pass, with the
+//!    state's epoch, is kept in the service as a [`Decision`] (one word), and the inner
+//!    service is polled ready. Any other state goes out of line
+//!    (`poll_ready_slow`, `decide_slow`, [`Shared::admit`]): trial permits,
+//!    rejections, shedding, `Readiness::Wait`.
+//! 2. `call` takes the decision and leases the thread's shard of counters
+//!    ([`Core::lease`](super::machine::Core::lease)) into a
+//!    [`Recorder::pass`]; the inner call's future and the recorder make the
+//!    [`ResponseFuture`].
+//! 3. When the inner future completes, the classifier names the outcome and
+//!    [`Recorder::finish`] counts it on the thread's own shard with a plain store, then
+//!    [`Shared::record`] feeds the rules: a success clears the failure streak (and
+//!    adds to the thread's stripe of a window); a failure goes to
+//!    [`Shared::record_timed`], which may trip the breaker.
+//! 4. The shard goes back to the thread for its next call: no reference count moves
+//!    on the closed path.
+//!
+//! A call whose epoch is no longer current when it finishes (the breaker moved on)
+//! counts in the totals but not in the rules.
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -150,14 +176,15 @@ impl<S, C> BreakerService<S, C> {
         }
     }
 
+    /// [`decide`](Self::decide) past the closed state.
     #[cold]
     #[inline(never)]
     fn decide_slow(&mut self) -> Decision {
-        let core = &self.breaker.core;
-        match core.shared.admit() {
+        let admission = self.breaker.shared.admit();
+        match admission {
             Admission::Pass { epoch } => Decision::pass(epoch),
-            admission @ Admission::Trial { .. } => {
-                self.trial = Recorder::new(core.shard(), admission);
+            Admission::Trial { .. } => {
+                self.trial = Recorder::new(self.breaker.core.shard(), admission);
                 Decision::TRIAL
             }
             Admission::Reject { retry_after } => {
@@ -406,10 +433,7 @@ pub(crate) enum Admitted {
 #[inline(always)]
 pub(crate) fn admit(breaker: &Breaker) -> Admitted {
     let core = &breaker.core;
-    let admission = match breaker.shared.admit_closed() {
-        Some(epoch) => Admission::Pass { epoch },
-        None => core.shared.admit(),
-    };
+    let admission = breaker.shared.admit();
     match admission {
         Admission::Pass { epoch } => {
             Admitted::Call(Recorder::pass(core.lease(&breaker.shared), epoch))

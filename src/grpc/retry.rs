@@ -187,7 +187,7 @@ where
 
 /// Honours `grpc-retry-pushback-ms`: the next retry waits at least that long, and is
 /// not made if that would pass `max_elapsed`. Puts
-/// [`Attempts`](crate::http::Attempts) in the final response's extensions.
+/// [`Attempts`] in the final response's extensions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GrpcResponses;
 

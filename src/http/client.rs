@@ -32,7 +32,7 @@ use crate::retry::{Retry, RetryLayer, RetryPolicy};
 use crate::watchdog::{Watchdog, WatchdogBuilder};
 use crate::{BoxError, ConfigError};
 
-/// The retry policy a [`Client`] takes: [`retry_policy`](crate::http::retry_policy) and its
+/// The retry policy a [`Client`] takes: [`retry_policy`] and its
 /// settings.
 pub type HttpRetryPolicy = RetryPolicy<RetryClassifier, HttpRequests, HttpResponses>;
 
@@ -111,7 +111,7 @@ impl ClientBuilder {
         self
     }
 
-    /// The retry settings (default: [`retry_policy`](crate::http::retry_policy) retrying
+    /// The retry settings (default: [`retry_policy`] retrying
     /// every error of an idempotent request, `max_elapsed` 30 s).
     ///
     /// ```
@@ -383,7 +383,7 @@ impl Breakers {
 ///
 /// # Defaults
 ///
-/// - retry: [`retry_policy`](crate::http::retry_policy) (idempotent methods or an
+/// - retry: [`retry_policy`] (idempotent methods or an
 ///   `Idempotency-Key`; `502`, `503`, `504`, `429`, `408` and every error, since only
 ///   idempotent requests are retried), at most 3 attempts, the retry budget of
 ///   [`RetryPolicy::new`](crate::retry::RetryPolicy::new), and `max_elapsed` 30 s;
