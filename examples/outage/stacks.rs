@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use steadfast::backoff::{Backoff, Jitter};
 use steadfast::breaker::Breaker;
-use steadfast::retry::{Budget, RetryLayer, RetryPolicy, DEFAULT_BACKOFF as RETRY_BACKOFF};
+use steadfast::retry::{Budget, RetryLayer, RetryPolicy};
 use steadfast::watchdog::{Watchdog, WatchdogHandle};
 use steadfast::ConfigError;
 use tower::util::BoxCloneService;
@@ -248,7 +248,7 @@ impl Stack {
                 // The default policy; its backoff seeded per client, its budget shared.
                 let seed = self.seed ^ u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                 RetryPolicy::new()
-                    .backoff(RETRY_BACKOFF.seed(seed))
+                    .backoff(RetryPolicy::new().get_backoff().seed(seed))
                     .budget(self.budget.clone())
             }
             StackKind::Retry

@@ -14,22 +14,29 @@ use super::Breaker;
 /// (at a high call rate, a brownout that fails 30% of calls makes runs of 5 failures
 /// in a row several times a second).
 #[deprecated(note = "no longer part of the defaults; see `BreakerBuilder`'s `# Defaults`")]
+#[doc(hidden)]
 pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
 /// The failure rate at which a breaker with no trip rule set opens: nearly every call
 /// of its window failed (a dead downstream; partial failure is left to adaptive
 /// throttling).
+#[doc(hidden)]
 pub const DEFAULT_FAILURE_RATE: f64 = 0.95;
 /// The count window of a rate rule set with no window.
+#[doc(hidden)]
 pub const DEFAULT_COUNT_WINDOW: u32 = 100;
 /// The minimum number of calls in the window before a rate rule applies.
+#[doc(hidden)]
 pub const DEFAULT_MIN_CALLS: u32 = 20;
 /// Trial calls admitted in half-open.
+#[doc(hidden)]
 pub const DEFAULT_HALF_OPEN_CALLS: u32 = 3;
 /// How long a half-open trial call may run before it counts as a failure.
+#[doc(hidden)]
 pub const DEFAULT_HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default open duration: 5 s, doubling on each trip in a row up to 60 s, with
 /// [`Jitter::Equal`] (each delay in `[d / 2, d]`). Unused while a watchdog owns
 /// recovery.
+#[doc(hidden)]
 pub const DEFAULT_OPEN_BACKOFF: Backoff =
     Backoff::exponential(Duration::from_secs(5), Duration::from_secs(60)).jitter(Jitter::Equal);
 
@@ -288,7 +295,7 @@ impl BreakerBuilder {
     }
 
     /// How long the breaker stays open: the `n`th delay for the `n`th trip in a row
-    /// (default [`DEFAULT_OPEN_BACKOFF`]: 5 s doubling to 60 s, equal jitter). The
+    /// (default 5 s doubling to 60 s, equal jitter). The
     /// count of trips in a row resets when the breaker closes.
     ///
     /// While a [watchdog](crate::watchdog) is attached, it owns recovery and this

@@ -117,10 +117,13 @@ pub use self::layer::KeyedBreakerLayer;
 pub use self::service::KeyedBreakerService;
 
 /// The default [`max_keys`](KeyedBreakerBuilder::max_keys).
+#[doc(hidden)]
 pub const DEFAULT_MAX_KEYS: usize = 1_024;
 /// The default [`idle`](KeyedBreakerBuilder::idle) time after which a key is forgotten.
+#[doc(hidden)]
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
 /// The default [`snapshot_keys`](KeyedBreakerBuilder::snapshot_keys).
+#[doc(hidden)]
 pub const DEFAULT_SNAPSHOT_KEYS: usize = 16;
 
 const MAX_MAX_KEYS: usize = 1 << 24;
@@ -163,6 +166,13 @@ type MakeWatchdog<K> =
     Arc<dyn Fn(&K, &Breaker) -> Result<WatchdogHandle, ConfigError> + Send + Sync>;
 
 /// Builds a [`KeyedBreaker`]; from [`KeyedBreaker::builder`].
+///
+/// # Defaults
+///
+/// At most 1,024 keys ([`max_keys`](Self::max_keys)); a key unused for 10 minutes
+/// forgotten ([`idle`](Self::idle)); 16 keys in a snapshot
+/// ([`snapshot_keys`](Self::snapshot_keys)); no watchdog. Each key's breaker is built
+/// from the template, with its defaults (see [`BreakerBuilder`]).
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct KeyedBreakerBuilder<K> {
     template: BreakerBuilder,
@@ -188,7 +198,7 @@ impl<K> KeyedBreakerBuilder<K>
 where
     K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
 {
-    /// At most `n` keys are held (default [`DEFAULT_MAX_KEYS`], 1 to 16,777,216);
+    /// At most `n` keys are held (default 1,024; 1 to 16,777,216);
     /// see the [module docs](self) for what happens at the cap.
     ///
     /// # Memory under churn
@@ -211,7 +221,7 @@ where
         self
     }
 
-    /// A key not used for `idle` is forgotten (default [`DEFAULT_IDLE`], 1 ms to one
+    /// A key not used for `idle` is forgotten (default 10 minutes; 1 ms to one
     /// day). Keep it well above the template's longest open delay, or a down host's
     /// open breaker may be forgotten while nobody calls it.
     pub fn idle(mut self, idle: Duration) -> Self {
@@ -221,7 +231,7 @@ where
 
     /// How many keys [`KeyedBreaker::snapshot`] (and so a
     /// [`Health`](crate::health::Health) snapshot) lists at most; keys that are not
-    /// closed first (default [`DEFAULT_SNAPSHOT_KEYS`]; 0 lists none).
+    /// closed first (default 16; 0 lists none).
     pub fn snapshot_keys(mut self, n: usize) -> Self {
         self.snapshot_keys = n;
         self

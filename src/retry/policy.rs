@@ -9,16 +9,21 @@ use crate::config::{check_duration, ConfigError};
 use crate::outcome::ErrorsAsFailures;
 
 /// Attempts made by default: the first call and two retries.
+#[doc(hidden)]
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The default delays: 50 ms doubling to 2 s, full jitter.
+#[doc(hidden)]
 pub const DEFAULT_BACKOFF: Backoff =
     Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2)).jitter(Jitter::Full);
 /// The default budget's ratio: retries up to 10% of requests (the Google SRE book's
 /// per-client retry budget) ...
+#[doc(hidden)]
 pub const DEFAULT_BUDGET_RATIO: f64 = 0.1;
 /// ... plus this many a second ...
+#[doc(hidden)]
 pub const DEFAULT_BUDGET_MIN_PER_SEC: u32 = 10;
 /// ... with credit kept this long (see [`Budget::new`]).
+#[doc(hidden)]
 pub const DEFAULT_BUDGET_TTL: Duration = Duration::from_secs(10);
 const MAX_ATTEMPTS: u32 = 100;
 
@@ -31,10 +36,16 @@ const MAX_ATTEMPTS: u32 = 100;
 /// [`max_elapsed`](Self::max_elapsed), and the [`budget`](Self::budget) has a retry
 /// to give. Otherwise the last result is returned as it is.
 ///
-/// Defaults: 3 attempts, [`DEFAULT_BACKOFF`] (50 ms doubling to 2 s, full jitter), no
-/// `max_elapsed`, a budget of 10% of requests plus 10 retries a second, credit living
-/// 10 s (a new one per `RetryPolicy::new()`, shared by every clone), every `Err`
-/// retried.
+/// # Defaults
+///
+/// - `max_attempts`: 3 (the first call and two retries);
+/// - `backoff`: 50 ms doubling to 2 s, full jitter (read it with
+///   [`get_backoff`](Self::get_backoff) to build on it);
+/// - no `max_elapsed`;
+/// - a budget of 10% of requests plus 10 retries a second, credit living 10 s (a new
+///   one per `RetryPolicy::new()`, shared by every clone of the layer);
+/// - every `Err` retried ([`ErrorsAsFailures`]); requests cloned
+///   ([`CloneRequests`]); no hints read from responses ([`NoHints`]).
 ///
 /// ```
 /// use std::time::Duration;
@@ -99,7 +110,7 @@ impl<C, R, H> RetryPolicy<C, R, H> {
     }
 
     /// The delay before each retry: the `n`th delay before the `n`th retry (default
-    /// [`DEFAULT_BACKOFF`]).
+    /// 50 ms doubling to 2 s, full jitter).
     ///
     /// Each request that retries draws its own jitter: with a seeded backoff, the
     /// `k`th request of a layer to retry uses [`Backoff::iter_stream`]`(k)` (from 0), so
@@ -185,6 +196,23 @@ impl<C, R, H> RetryPolicy<C, R, H> {
     /// The policy's budget, for reading its balance.
     pub fn get_budget(&self) -> &Budget {
         &self.budget
+    }
+
+    /// The policy's backoff: the default one, to build on, or the one set.
+    ///
+    /// ```
+    /// use steadfast::retry::RetryPolicy;
+    /// let seeded = RetryPolicy::new().get_backoff().seed(7);
+    /// let policy = RetryPolicy::new().backoff(seeded);
+    /// # let _ = policy;
+    /// ```
+    pub fn get_backoff(&self) -> Backoff {
+        self.backoff
+    }
+
+    /// The most attempts a request may take.
+    pub fn get_max_attempts(&self) -> u32 {
+        self.max_attempts
     }
 
     pub(crate) fn check(&self) -> Result<(), ConfigError> {

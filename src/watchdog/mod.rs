@@ -65,18 +65,23 @@ mod worker;
 pub use self::probe::Probe;
 
 /// Time between probes while they pass (default).
+#[doc(hidden)]
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Time between failed probes with the default interval: 1 s doubling to 2 s, equal
 /// jitter. Without [`WatchdogBuilder::backoff`] the spacing follows the interval that
 /// is set.
 #[deprecated(note = "the default backoff follows `interval`; see `WatchdogBuilder::backoff`")]
+#[doc(hidden)]
 pub const DEFAULT_BACKOFF: Backoff =
     Backoff::exponential(DEFAULT_INTERVAL, Duration::from_secs(2)).jitter(Jitter::Equal);
 /// How long one probe may take (default).
+#[doc(hidden)]
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Passes in a row that close the breaker (default).
+#[doc(hidden)]
 pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
 /// Failures in a row that open a closed breaker under `probe_while_closed` (default).
+#[doc(hidden)]
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 
 type OnEscalate = Arc<dyn Fn(&Snapshot) + Send + Sync>;
