@@ -167,7 +167,7 @@ fn steadfast_time_window(
         .time_window(Duration::from_secs(10))
         .build()
         .expect("valid steadfast config");
-    breaker.layer().layer(inner())
+    support::settled(breaker.layer().layer(inner()))
 }
 
 /// steadfast: the time window with adaptive throttling on (nothing to shed on a clean
@@ -180,14 +180,14 @@ fn steadfast_time_window_throttled(
         .adaptive_throttling(2.0)
         .build()
         .expect("valid steadfast config");
-    breaker.layer().layer(inner())
+    support::settled(breaker.layer().layer(inner()))
 }
 
 /// steadfast: `Breaker::new`, the defaults (95% over a 2.5 s time window, adaptive
 /// throttling).
 fn steadfast_defaults(
 ) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
-    steadfast::breaker::Breaker::new("b").layer().layer(inner())
+    support::settled(steadfast::breaker::Breaker::new("b").layer().layer(inner()))
 }
 
 /// steadfast: trip at >= 50% calls slower than 1 s over the last 100 calls. The rule

@@ -100,6 +100,9 @@ pub(crate) struct Config {
     pub(crate) throttle: Option<f64>,
     /// Seeds the throttling draws (and the open backoff, if it has no seed).
     pub(crate) seed: Option<u64>,
+    /// Whether a time window may run a coarse clock (a ticker task); not for the
+    /// breakers of a keyed breaker, made and dropped by the thousand.
+    pub(crate) coarse_clock: bool,
 }
 
 impl Default for Config {
@@ -119,6 +122,7 @@ impl Default for Config {
             readiness: Readiness::FailFast,
             throttle: Some(DEFAULT_THROTTLE),
             seed: None,
+            coarse_clock: true,
         }
     }
 }
@@ -272,6 +276,13 @@ impl BreakerBuilder {
 
     /// Rate rules count the calls of the last `window` (10 ms to one day). The window
     /// slides in tenths: a call is forgotten between 0.9 and 1.0 `window` after it ended.
+    ///
+    /// A breaker built within a tokio runtime keeps the window's current tenth with a
+    /// small task on that runtime, so that a successful call reads no clock; it runs
+    /// only while tokio's clock follows the real one (never when paused), every path
+    /// that can open the breaker checks it against the real clock, and without it (no
+    /// runtime, the runtime gone, a paused clock) each call reads the clock. A call in
+    /// the last millisecond of a tenth may count in the next one.
     pub fn time_window(mut self, window: Duration) -> Self {
         self.time_window = Some(window);
         self
@@ -556,6 +567,7 @@ impl BreakerBuilder {
             readiness: self.readiness,
             throttle,
             seed: self.seed,
+            coarse_clock: true,
         })
     }
 }

@@ -219,13 +219,17 @@ impl Core {
             Some(r) => {
                 let window = match r.window {
                     WindowKind::Count(n) => Window::Count(CountWindow::new(n, r.slow.is_some())),
-                    WindowKind::Time(t) => Window::Time(TimeWindow::new(t, start)),
+                    WindowKind::Time(t) => {
+                        Window::Time(TimeWindow::new(t, start, config.coarse_clock))
+                    }
                 };
                 (Some(window), r.slow.map(|(t, _)| t))
             }
             None => (None, None),
         };
-        let time_end = slow_threshold.is_some() || matches!(window, Some(Window::Time(_)));
+        // A time window reads its own clock (coarse, or real when it must), so only
+        // a slow-call rule needs each call's end read by the recorder.
+        let time_end = slow_threshold.is_some();
         let throttle = config.throttle.map(|k| Throttle {
             k,
             protection: f64::from(config.rates.map_or(0, |r| r.min_calls)),
@@ -389,7 +393,7 @@ impl Shared {
     pub(crate) fn window_totals(&self) -> Option<Totals> {
         match self.window.as_ref()? {
             Window::Count(w) => Some(w.totals()),
-            Window::Time(w) => Some(w.totals(w.tick(self.now()))),
+            Window::Time(w) => Some(w.totals(w.current_tick(None))),
         }
     }
 
@@ -482,7 +486,7 @@ impl Shared {
         let Some(Window::Time(w)) = &self.window else {
             return Admission::Pass { epoch };
         };
-        let totals = w.record_shed(w.tick(self.now()));
+        let totals = w.record_shed(w.current_tick(None));
         self.rethrottle(epoch, totals);
         Admission::Shed {
             retry_after: hint(w.bucket()),
@@ -607,11 +611,11 @@ impl Shared {
                 // A success that is not slow cannot trip a rule: no totals come back.
                 // Closed in `epoch`, shedding or not.
                 let closed = || Word(self.word().0 & !SHEDDING) == Word::new(CLOSED, epoch);
-                match (&self.window, end) {
-                    (Some(Window::Time(w)), Some(end)) if TIMED && closed() => {
-                        w.record_success(end, slot);
+                match &self.window {
+                    Some(Window::Time(w)) if closed() => {
+                        w.record_success(if TIMED { end } else { None }, slot);
                     }
-                    (Some(Window::Count(w)), _) if closed() => w.record_success(),
+                    Some(Window::Count(w)) if closed() => w.record_success(),
                     _ => {}
                 }
             }
@@ -650,8 +654,7 @@ impl Shared {
             None => None,
             Some(Window::Count(w)) => w.record(failed, slow),
             Some(Window::Time(w)) => {
-                // `time_end` is set with a time window, so `end` is the call's end.
-                let tick = end.map_or(0, |end| w.tick_of(end));
+                let tick = w.current_tick(end);
                 w.record(failed, slow, tick, slot)
             }
         };
@@ -673,8 +676,7 @@ impl Shared {
         } else if let (Some(_), Some(Window::Time(w)), true) =
             (&self.throttle, &self.window, failed)
         {
-            let tick = end.map_or(0, |end| w.tick_of(end));
-            self.rethrottle(epoch, w.throttle_totals(tick));
+            self.rethrottle(epoch, w.throttle_totals(w.current_tick(end)));
         }
     }
 

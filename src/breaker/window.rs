@@ -11,14 +11,16 @@
 //! calls are kept per thread. Memory is fixed whatever the call rate.
 
 use std::cell::Cell;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::local::with_local;
 use crate::nanos::{nanos, nanos_since};
 use crate::stripe::{bump_stamped, live_count, parallelism, stamp, stripe_of};
-use crate::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Calls, failures and slow calls currently in a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -177,6 +179,9 @@ struct Stripe {
     /// stripe's owner reads or writes them.
     from: AtomicU64,
     tick: AtomicU64,
+    /// Successes counted by the coarse clock since the stripe last checked it against
+    /// the real clock (see [`Coarse`]).
+    unchecked: AtomicU64,
 }
 
 /// The tick a thread's last success in a time window fell in, with its bounds as
@@ -218,20 +223,143 @@ pub(crate) struct TimeWindow {
     slow: CachePadded<Ring>,
     /// Calls shed by adaptive throttling, per bucket.
     shed: CachePadded<Ring>,
+    /// The window's coarse clock, and the task that advances it (aborted with the
+    /// window).
+    coarse: Arc<Coarse>,
+    ticker: Option<AbortHandle>,
 }
+
+/// A time window's coarse clock: the current tick, published by a task on the tokio
+/// runtime the breaker was built on at each tick's boundary, so that a successful
+/// call finds its bucket with one load instead of a clock read (the clock read was
+/// most of a closed call's cost with a time window).
+///
+/// It stays exact where it matters: the ticker publishes each tick a little before
+/// its boundary (a call in the last millisecond of a tick may count in the next one),
+/// and every path that can trip or shed the breaker (a failure, a slow call, a shed
+/// call, a snapshot) reads the real clock and turns the coarse clock off for good if
+/// it lags by more than one tick, as does every 256th success of a thread. Without a
+/// runtime at build time, or once that runtime is gone, every call reads the clock as
+/// before.
+#[derive(Debug)]
+struct Coarse {
+    /// The tick plus one; 0 while no ticker publishes.
+    tick: AtomicU64,
+    /// Set once the coarse clock was found behind the real one: the ticker stops.
+    off: AtomicBool,
+}
+
+/// Successes between two checks of the coarse clock against the real one, per thread.
+const CHECK_EVERY: u64 = 256;
+
+impl Coarse {
+    /// The published tick, if any.
+    #[inline(always)]
+    fn get(&self) -> Option<u64> {
+        let t = self.tick.load(Relaxed);
+        (t != 0).then(|| t - 1)
+    }
+
+    /// Whether the coarse clock may be used at `clock`, the real clock's tick: it is
+    /// published and at most one tick behind (or ahead). Turns it off for good if not.
+    fn agrees(&self, coarse: u64, clock: u64) -> bool {
+        let behind = stamp(clock.wrapping_sub(coarse));
+        let ahead = stamp(coarse.wrapping_sub(clock));
+        if behind <= 1 || ahead <= 1 {
+            return true;
+        }
+        self.off.store(true, Relaxed);
+        self.tick.store(0, Relaxed);
+        false
+    }
+}
+
+/// The ticker of a window's coarse clock: publishes the tick of `start + k * width`
+/// from a little before each boundary, until the window is gone (the task is aborted)
+/// or the clock is turned off. Dropped (its runtime shutting down), it unpublishes.
+///
+/// It publishes only while tokio's clock keeps pace with the real one: from its second
+/// wake-up, once one interval has shown it, and never again once tokio's clock has
+/// jumped (paused and advanced, as in tests): a task cannot be sure to run between a
+/// jump and the next call, so the window then reads the clock on every call.
+async fn tick(coarse: Weak<Coarse>, start: Instant, width: u64) {
+    struct Unpublish(Weak<Coarse>);
+    impl Drop for Unpublish {
+        fn drop(&mut self) {
+            if let Some(coarse) = self.0.upgrade() {
+                coarse.tick.store(0, Relaxed);
+            }
+        }
+    }
+    let _unpublish = Unpublish(coarse.clone());
+    // Published this long before the boundary, so that a call at the boundary already
+    // finds the new tick.
+    let early = (width / 4).min(1_000_000);
+    let mut last: Option<(Instant, std::time::Instant)> = None;
+    loop {
+        let Some(c) = coarse.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let real = std::time::Instant::now();
+        let in_step = last.map(|(then, real_then)| {
+            let virtual_step = nanos(now.saturating_duration_since(then));
+            let real_step = nanos(real.saturating_duration_since(real_then));
+            virtual_step.abs_diff(real_step) <= DRIFT
+        });
+        if c.off.load(Relaxed) || in_step == Some(false) {
+            c.off.store(true, Relaxed);
+            c.tick.store(0, Relaxed);
+            return;
+        }
+        let elapsed = nanos_since(start, now).saturating_add(early);
+        if in_step == Some(true) {
+            c.tick.store(stamp(elapsed / width) + 1, Relaxed);
+        }
+        drop(c);
+        last = Some((now, real));
+        let next = width - elapsed % width;
+        tokio::time::sleep_until(now + Duration::from_nanos(next)).await;
+    }
+}
+
+/// How far tokio's clock may move from the real one between two wake-ups of a ticker
+/// before it is taken for a paused (or advanced) clock.
+const DRIFT: u64 = 2_000_000;
 
 impl TimeWindow {
     /// A window of `window` for a breaker that started at `start`.
-    pub(crate) fn new(window: Duration, start: Instant) -> Self {
+    /// With `coarse_clock`, and within a tokio runtime, a ticker task advances the
+    /// window's [`Coarse`] clock.
+    pub(crate) fn new(window: Duration, start: Instant, coarse_clock: bool) -> Self {
         let stripes = (parallelism() * 2).clamp(8, 128);
+        let width = (nanos(window) / BUCKETS).max(1);
+        let coarse = Arc::new(Coarse {
+            tick: AtomicU64::new(0),
+            off: AtomicBool::new(false),
+        });
+        // Not under loom, whose models run the breaker without a runtime anyway.
+        #[cfg(not(steadfast_loom))]
+        let ticker = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|_| coarse_clock)
+            .map(|runtime| {
+                runtime
+                    .spawn(tick(Arc::downgrade(&coarse), start, width))
+                    .abort_handle()
+            });
+        #[cfg(steadfast_loom)]
+        let ticker = None;
         Self {
             id: WINDOW_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             start,
-            width: (nanos(window) / BUCKETS).max(1),
+            width,
             calls: (0..=stripes).map(|_| CachePadded::default()).collect(),
             failures: CachePadded::default(),
             slow: CachePadded::default(),
             shed: CachePadded::default(),
+            coarse,
+            ticker,
         }
     }
 
@@ -257,16 +385,50 @@ impl TimeWindow {
         self.tick(self.elapsed(at))
     }
 
-    /// Records one successful call (not slow) that ended at `end`, on the thread in
-    /// `slot`: the only write is to that thread's own stripe.
+    /// Records one successful call (not slow) that ended at `end` (`None`: now), on the
+    /// thread in `slot`: the only write is to that thread's own stripe. With the coarse
+    /// clock running, no clock is read (but every [`CHECK_EVERY`]th time).
     #[inline(always)]
-    pub(crate) fn record_success(&self, end: Instant, slot: usize) {
+    pub(crate) fn record_success(&self, end: Option<Instant>, slot: usize) {
         let (stripe, owned) = stripe_of(slot, self.calls.len());
         let stripe = &self.calls[stripe];
-        let cache = self.id as usize % TICK_CACHES;
-        let tick = with_local(|local| self.cached_tick(&local.ticks[cache], end, stripe, owned))
-            .unwrap_or_else(|| self.tick_of(end));
+        let tick = match self.coarse.get() {
+            Some(tick) if !due(stripe, owned) => tick,
+            coarse => self.success_tick(coarse, end, stripe, owned),
+        };
         bump_stamped(&stripe.ring[(tick % KEPT) as usize], tick, owned);
+    }
+
+    /// The tick of a success from the real clock: without a coarse clock, or to check
+    /// it (then the coarse tick, if it agrees).
+    #[inline(never)]
+    fn success_tick(
+        &self,
+        coarse: Option<u64>,
+        end: Option<Instant>,
+        stripe: &Stripe,
+        owned: bool,
+    ) -> u64 {
+        let end = end.unwrap_or_else(Instant::now);
+        let cache = self.id as usize % TICK_CACHES;
+        let clock = with_local(|local| self.cached_tick(&local.ticks[cache], end, stripe, owned))
+            .unwrap_or_else(|| self.tick_of(end));
+        match coarse {
+            Some(coarse) if self.coarse.agrees(coarse, clock) => coarse,
+            _ => clock,
+        }
+    }
+
+    /// The current tick for a path that can trip or shed (a failure, a slow call, a
+    /// shed call, a snapshot): the real clock's (at `end`, or now), or the coarse
+    /// clock's while it agrees with it, so that every count of the window uses one
+    /// clock.
+    pub(crate) fn current_tick(&self, end: Option<Instant>) -> u64 {
+        let clock = self.tick_of(end.unwrap_or_else(Instant::now));
+        match self.coarse.get() {
+            Some(coarse) if self.coarse.agrees(coarse, clock) => coarse,
+            _ => clock,
+        }
     }
 
     /// [`tick_of`](Self::tick_of) `end`, from the thread's `cache` when `end` is in the
@@ -404,6 +566,27 @@ impl TimeWindow {
     }
 }
 
+impl Drop for TimeWindow {
+    fn drop(&mut self) {
+        if let Some(ticker) = &self.ticker {
+            ticker.abort();
+        }
+    }
+}
+
+/// Whether a success counted on `stripe` is due to check the coarse clock.
+#[inline(always)]
+fn due(stripe: &Stripe, owned: bool) -> bool {
+    let n = if owned {
+        let n = stripe.unchecked.load(Relaxed).wrapping_add(1);
+        stripe.unchecked.store(n, Relaxed);
+        n
+    } else {
+        stripe.unchecked.fetch_add(1, Relaxed).wrapping_add(1)
+    };
+    n % CHECK_EVERY == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,7 +661,7 @@ mod tests {
 
     #[test]
     fn time_window_forgets_old_buckets() {
-        let w = TimeWindow::new(Duration::from_secs(10), Instant::now());
+        let w = TimeWindow::new(Duration::from_secs(10), Instant::now(), true);
         let sec = 1_000_000_000;
         w.record(true, false, w.tick(0), 0);
         w.record(false, false, w.tick(5 * sec), 0);
@@ -494,8 +677,8 @@ mod tests {
     #[test]
     fn a_threads_cached_tick_is_the_divided_tick() {
         let start = Instant::now();
-        let w = TimeWindow::new(Duration::from_millis(100), start); // 10 ms buckets
-        let other = TimeWindow::new(Duration::from_millis(30), start); // 3 ms buckets
+        let w = TimeWindow::new(Duration::from_millis(100), start, true); // 10 ms buckets
+        let other = TimeWindow::new(Duration::from_millis(30), start, true); // 3 ms buckets
         let ms = 1_000_000;
         let cache = Cell::new(TickCache::default());
         // Forward within a tick, across ticks, to the last and first nanosecond of
@@ -536,9 +719,9 @@ mod tests {
         }
         // A success counts in the bucket of its own tick.
         let at = |n: u64| start + Duration::from_nanos(n);
-        w.record_success(at(25 * ms), 0);
-        w.record_success(at(29 * ms), 0);
-        w.record_success(at(30 * ms), 0);
+        w.record_success(Some(at(25 * ms)), 0);
+        w.record_success(Some(at(29 * ms)), 0);
+        w.record_success(Some(at(30 * ms)), 0);
         let ring = &w.calls[0].ring;
         assert_eq!(live_count(&ring[2], w.tick(25 * ms), 1), 2);
         assert_eq!(live_count(&ring[3], w.tick(30 * ms), 1), 1);
@@ -546,11 +729,110 @@ mod tests {
 
     #[test]
     fn time_window_saturates_instead_of_wrapping() {
-        let w = TimeWindow::new(Duration::from_secs(1), Instant::now());
+        let w = TimeWindow::new(Duration::from_secs(1), Instant::now(), true);
         for stripe in w.calls.iter() {
             stripe.ring[0].store(SATURATED, Relaxed);
         }
         w.record(false, false, 0, 0);
         assert_eq!(w.totals(0).calls, SATURATED * w.calls.len() as u64);
+    }
+
+    /// The calls counted in the window's stripe 0 at `tick`.
+    fn counted(w: &TimeWindow, tick: u64) -> u64 {
+        live_count(&w.calls[0].ring[(tick % KEPT) as usize], tick, 1)
+    }
+
+    #[test]
+    fn a_coarse_clock_behind_the_real_one_is_turned_off_for_good() {
+        // No runtime: no ticker; the coarse clock is set by hand.
+        let start = Instant::now();
+        let w = TimeWindow::new(Duration::from_millis(100), start, true);
+        assert!(w.ticker.is_none());
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        w.coarse.tick.store(3 + 1, Relaxed);
+        // One tick behind or ahead: the coarse tick is used.
+        assert_eq!(w.current_tick(Some(at(45))), 3);
+        assert_eq!(w.current_tick(Some(at(25))), 3);
+        // Two behind: the real clock's, and off for good.
+        assert_eq!(w.current_tick(Some(at(55))), 5);
+        assert!(w.coarse.off.load(Relaxed));
+        assert_eq!(w.coarse.get(), None);
+    }
+
+    #[test]
+    fn successes_check_the_coarse_clock_every_256th_time() {
+        let start = Instant::now();
+        let w = TimeWindow::new(Duration::from_millis(100), start, true);
+        let late = start + Duration::from_millis(95); // tick 9
+        w.coarse.tick.store(2 + 1, Relaxed);
+        // Counted at the coarse tick without looking at `end`...
+        for _ in 1..CHECK_EVERY {
+            w.record_success(Some(late), 0);
+        }
+        assert_eq!(counted(&w, 2), CHECK_EVERY - 1);
+        assert_eq!(w.coarse.get(), Some(2));
+        // ... until the check, which finds it 7 ticks behind.
+        w.record_success(Some(late), 0);
+        assert_eq!(w.coarse.get(), None);
+        assert_eq!(counted(&w, 9), 1);
+        w.record_success(Some(late), 0);
+        assert_eq!(counted(&w, 9), 2);
+    }
+
+    #[test]
+    fn the_coarse_clock_runs_on_a_real_clock_and_counts_where_the_clock_would() {
+        // Real time: the coarse clock exists for it. A 100 ms window (10 ms ticks);
+        // nothing below depends on how fast the machine is, only on what the ticker
+        // publishes once it runs.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let start = Instant::now();
+            let w = TimeWindow::new(Duration::from_millis(100), start, true);
+            assert!(w.ticker.is_some());
+            let patience = std::time::Instant::now();
+            while w.coarse.get().is_none() {
+                assert!(
+                    patience.elapsed() < Duration::from_secs(10),
+                    "never published"
+                );
+                assert!(!w.coarse.off.load(Relaxed), "turned off on a real clock");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // A success lands in the coarse tick, which is the clock's or next to it.
+            let coarse = w.coarse.get().unwrap();
+            let clock = w.tick_of(Instant::now());
+            assert!(
+                coarse.abs_diff(clock) <= 1,
+                "coarse {coarse}, clock {clock}"
+            );
+            w.record_success(None, 0);
+            assert_eq!(counted(&w, coarse) + counted(&w, coarse + 1), 1);
+            // Dropping the window stops its ticker.
+            let handle = w.ticker.clone().unwrap();
+            drop(w);
+            while !handle.is_finished() {
+                assert!(
+                    patience.elapsed() < Duration::from_secs(10),
+                    "ticker lives on"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_coarse_clock_stays_off_under_a_paused_clock() {
+        let w = TimeWindow::new(Duration::from_millis(100), Instant::now(), true);
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(7)).await;
+            assert_eq!(w.coarse.get(), None);
+        }
+        assert!(w.coarse.off.load(Relaxed), "the jump was seen");
+        let handle = w.ticker.clone().unwrap();
+        assert!(handle.is_finished());
     }
 }

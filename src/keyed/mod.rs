@@ -288,7 +288,11 @@ where
     /// [`BreakerBuilder::build`]), `max_keys` of 0 or above 16,777,216, or an `idle`
     /// below 1 ms or above one day.
     pub fn build(self) -> Result<KeyedBreaker<K>, ConfigError> {
-        let config = self.template.config()?;
+        let config = Config {
+            // A ticker task per key would be made and dropped with each key.
+            coarse_clock: false,
+            ..self.template.config()?
+        };
         if self.max_keys == 0 {
             return Err(ConfigError::new("max_keys", "must be at least 1"));
         }
