@@ -1,40 +1,35 @@
-//! An axum service that depends on a downstream that fails, with `/health` and
-//! `/ready` routes driven by steadfast.
+//! An axum service that depends on a downstream that fails, calling it through
+//! [`steadfast::http::Client`], with `/health` and `/ready` from steadfast.
 //!
 //! ```text
-//! cargo run --example axum_server --features "http serde"
+//! cargo run --example axum_server --features "axum metrics"
 //! ```
 //!
 //! Two local axum servers on 127.0.0.1 (ports chosen by the OS):
 //!
 //! - **inventory**, the downstream: `GET /stock/{sku}` and `GET /health`. The demo
 //!   stops it twice (connections refused) and starts it again on the same port.
-//! - **shop**, the app: `GET /stock/{sku}` calls inventory through a protected
-//!   hyper-util client (retry -> breaker -> timeout, as in the `hyper_client`
-//!   example); `GET /health` serves [`Health::snapshot`] as JSON; `GET /ready` answers
-//!   `200` when [`Health::is_ready`], else `503`; `GET /metrics` is a Prometheus scrape
+//! - **shop**, the app: `GET /stock/{sku}` calls inventory through a [`Client`] and
+//!   returns `Result<String, steadfast::http::Error>`: the error is the response
+//!   (`502` unreachable, `504` timed out, `503` with `Retry-After` while the breaker is
+//!   open); `GET /health` (JSON) and `GET /ready` come from
+//!   [`health_routes`]; `GET /metrics` is a Prometheus scrape
 //!   (metrics-exporter-prometheus), the breaker's figures read as it is served.
 //!
-//! The breaker `inventory` boots open (nothing expects the downstream to be up at
-//! start) and trips after 3 failures in a row. A [`Watchdog`] owns its recovery: it
-//! probes inventory's `/health` (never a user request) every 200 ms, backing off 200 ms
-//! to 800 ms while probes fail, closes the breaker after 2 passes in a row, and
-//! escalates the dependency (not ready) when the breaker trips more than once within
-//! 3 s, until it has stayed closed for 3 s.
-//!
-//! The `/stock` route is a tower stack: axum's `HandleErrorLayer` (connect errors
-//! become `502`, timeouts `504`) over [`OpenAsResponseLayer`] (breaker rejections
-//! become `503`) over the handler, a `service_fn` that calls the protected client and
-//! returns its errors as they are. (Here the `503`'s `Retry-After` is the time to the
-//! watchdog's next probe, in whole seconds rounded up, so never `0`: `1` with these
-//! sub-second probes; without a watchdog it would be the rest of the open delay. See
-//! `Open::retry_after` for the one rule.)
+//! The client has one breaker, `inventory`, that boots open (nothing expects the
+//! downstream to be up at start) and trips after 3 failures in a row; a request is
+//! tried up to 3 times (the client's default retry), 300 ms each. A watchdog owns the
+//! breaker's recovery: it probes inventory's `/health` (never a user request) every
+//! 200 ms, closes the breaker after 2 passes in a row, and escalates the dependency
+//! (not ready) when the breaker trips more than once within 3 s, until it has stayed
+//! closed for 3 s. (The `503`'s `Retry-After` is the time to the watchdog's next probe
+//! in whole seconds rounded up, so `1` with these sub-second probes.)
 //!
 //! The demo drives itself: a plain hyper client plays the user and prints what it sees
 //! (status, `Retry-After`, body) while the script stops and restarts inventory. Breaker
 //! transitions and the watchdog's escalation are printed as they happen, from their
-//! `tracing` events. Then everything shuts down. It runs for real (real sockets, real
-//! time, about 5 s): timings vary by a few milliseconds from run to run.
+//! `tracing` events. It runs for real (real sockets, real time, about 5 s): timings
+//! vary by a few milliseconds from run to run.
 
 use std::fmt;
 use std::future::IntoFuture;
@@ -42,38 +37,27 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{Path, State as AxumState};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::{Request, StatusCode};
+use http::header::RETRY_AFTER;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{connect::HttpConnector, Client as Hyper};
 use hyper_util::rt::TokioExecutor;
-use steadfast::backoff::{Backoff, Jitter};
-use steadfast::breaker::{Breaker, State};
+use steadfast::breaker::{Breaker, State as BreakerState};
 use steadfast::health::Health;
-use steadfast::http::open::OpenAsResponseLayer;
-use steadfast::http::replay::ReplayBody;
-use steadfast::http::{is_connect_error, Attempts, BreakerClassifier};
-use steadfast::retry::RetryLayer;
-use steadfast::watchdog::{Probe, Watchdog};
+use steadfast::http::axum::health_routes;
+use steadfast::http::{Client, Error};
 use steadfast::BoxError;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 /// Time between watchdog probes while they pass.
-const PROBE_INTERVAL: Duration = Duration::from_millis(200);
-/// How long each attempt to reach inventory may take.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
+const PROBE: Duration = Duration::from_millis(200);
 /// Restart intensity: more than one trip within this escalates.
 const WITHIN: Duration = Duration::from_secs(3);
 /// The longest the script waits for anything before going on.
@@ -94,63 +78,49 @@ async fn main() -> Result<(), BoxError> {
     tracing::subscriber::set_global_default(
         tracing_subscriber::registry().with(EventPrinter { start }),
     )?;
-
     let inventory = Server::start("127.0.0.1:0".parse()?, inventory_app()).await?;
     let inventory_addr = inventory.addr;
+    let inventory_uri = format!("http://{inventory_addr}");
 
-    // The dependency: a breaker booted open, a watchdog to connect it, a readiness view.
-    let breaker = Breaker::builder("inventory")
-        .consecutive_failures(3)
-        .start_open()
-        .build()?;
-    let watchdog = Watchdog::builder(&breaker, health_probe(inventory_addr))
-        .interval(PROBE_INTERVAL)
-        .backoff(
-            Backoff::exponential(ms(200), ms(800))
-                .jitter(Jitter::Equal) // each delay in [d / 2, d]
-                .seed(7),
-        )
-        .timeout(ATTEMPT_TIMEOUT)
-        .healthy_threshold(2)
-        .max_trips(1, WITHIN)
-        .spawn()?;
+    // The shop's client of inventory: one breaker, a watchdog probing /health, in `health`.
     let health = Health::new();
-    health.register(&breaker);
-    // Metrics for Prometheus: the breaker's counts are read at each scrape of /metrics.
+    let breaker = Breaker::builder("inventory").consecutive_failures(3);
+    let client = Client::builder("inventory")
+        .one_breaker()
+        .breaker(breaker.start_open())
+        .timeout(ms(300))
+        .probe(format!("{inventory_uri}/health"))
+        .watchdog(|w| w.interval(PROBE).healthy_threshold(2).max_trips(1, WITHIN))
+        .health(&health)
+        .build()?;
+    let breaker = client.breakers().breaker_for(&inventory_uri.parse()?);
+
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-
-    // The protected client: retry -> breaker -> timeout -> hyper.
-    let policy = steadfast::http::retry_policy()
-        .max_attempts(3)
-        .backoff(
-            Backoff::exponential(ms(50), ms(200))
-                .jitter(Jitter::Full)
-                .seed(1),
-        )
-        .max_elapsed(Duration::from_secs(1));
-    let client = ServiceBuilder::new()
-        .layer(RetryLayer::new(policy)?)
-        .layer(breaker.layer().classify(BreakerClassifier::new()))
-        .timeout(ATTEMPT_TIMEOUT)
-        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Empty<Bytes>>>());
-
-    let shop = Server::start(
-        "127.0.0.1:0".parse()?,
-        shop_app(client, inventory_addr, health, metrics),
-    )
-    .await?;
+    let shop_app = Router::new()
+        .route("/stock/{sku}", get(stock))
+        .with_state(Shop {
+            client,
+            inventory: inventory_uri,
+        })
+        .merge(health_routes(health.clone()))
+        .route(
+            "/metrics",
+            get(move || async move {
+                health.record_metrics();
+                metrics.render()
+            }),
+        );
+    let shop = Server::start("127.0.0.1:0".parse()?, shop_app).await?;
     println!("inventory on {inventory_addr}, shop on {}", shop.addr);
     println!("breaker `inventory` boots open; the watchdog probes inventory's /health");
 
     let user = User {
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: Hyper::builder(TokioExecutor::new()).build_http(),
         shop: shop.addr,
         start,
     };
-    wait_for("the watchdog to close the breaker", start, || {
-        breaker.state() == State::Closed
-    })
-    .await;
+    let closed = || breaker.state() == BreakerState::Closed;
+    wait_for("the watchdog to close the breaker", start, closed).await;
     user.get("/stock/1").await;
     user.get("/ready").await;
 
@@ -167,10 +137,7 @@ async fn main() -> Result<(), BoxError> {
     sleep(ms(400)).await;
     let inventory = Server::start(inventory_addr, inventory_app()).await?;
     println!("{}  -- inventory back on the same port", stamp(start));
-    wait_for("the watchdog to close the breaker", start, || {
-        breaker.state() == State::Closed
-    })
-    .await;
+    wait_for("the watchdog to close the breaker", start, closed).await;
     user.get("/stock/4").await;
 
     inventory.stop().await?;
@@ -181,10 +148,7 @@ async fn main() -> Result<(), BoxError> {
 
     let inventory = Server::start(inventory_addr, inventory_app()).await?;
     println!("{}  -- inventory back on the same port", stamp(start));
-    wait_for("the watchdog to close the breaker", start, || {
-        breaker.state() == State::Closed
-    })
-    .await;
+    wait_for("the watchdog to close the breaker", start, closed).await;
     user.get("/stock/6").await;
     user.get("/ready").await;
     wait_for("the escalation to clear", start, || !breaker.is_escalated()).await;
@@ -196,99 +160,24 @@ async fn main() -> Result<(), BoxError> {
         "breaker `{}`: {}, calls {} (ok {}, failed {}), rejected {}, trips {}",
         s.name, s.state, s.calls, s.successes, s.failures, s.rejected, s.trips
     );
-    watchdog.shutdown().await;
     shop.stop().await?;
     inventory.stop().await?;
-    println!("{}  watchdog and both servers shut down", stamp(start));
+    println!("{}  both servers shut down", stamp(start));
     Ok(())
 }
 
-/// The shop: `/stock/{sku}` calls inventory through `client`; `/health` and `/ready`
-/// come from `health`, `/metrics` from the breakers' figures read at each scrape.
-fn shop_app<C>(
-    client: C,
-    inventory: SocketAddr,
-    health: Health,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-) -> Router
-where
-    C: Service<Request<Empty<Bytes>>, Response = http::Response<hyper::body::Incoming>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    C::Error: Into<BoxError>,
-    C::Future: Send,
-{
-    // The handler: asks inventory, passes its errors on. A breaker rejection is found
-    // by `OpenAsResponseLayer` (503 + Retry-After), anything else by `handle_error`.
-    let handler = service_fn(move |req: Request<Body>| {
-        let mut client = client.clone();
-        async move {
-            let sku = req.uri().path().trim_start_matches("/stock/");
-            let ask = Request::get(format!("http://{inventory}/stock/{sku}")).body(Empty::new())?;
-            let res = client.ready().await.map_err(Into::into)?;
-            let res = res.call(ask).await.map_err(Into::into)?;
-            let attempts = res.extensions().get::<Attempts>().map_or(1, |a| a.0);
-            let status = res.status();
-            let body = res.into_body().collect().await?.to_bytes();
-            let text = format!("{} (attempts: {attempts})", String::from_utf8_lossy(&body));
-            let status = if status.is_success() {
-                StatusCode::OK
-            } else {
-                StatusCode::BAD_GATEWAY
-            };
-            Ok::<_, BoxError>((status, text).into_response())
-        }
-    });
-    let stock = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(handle_error))
-        .layer(OpenAsResponseLayer::new())
-        .service(handler);
-    Router::new()
-        .route_service("/stock/{sku}", stock)
-        .route("/health", get(health_json))
-        .route("/ready", get(ready))
-        .route(
-            "/metrics",
-            get(move |AxumState(health): AxumState<Health>| {
-                let metrics = metrics.clone();
-                async move {
-                    health.record_metrics();
-                    metrics.render()
-                }
-            }),
-        )
-        .with_state(health)
+/// The shop's state: its client of inventory and where inventory is.
+#[derive(Clone)]
+struct Shop {
+    client: Client,
+    inventory: String,
 }
 
-/// The errors that are not breaker rejections (those are answered by
-/// `OpenAsResponseLayer` before they get here).
-async fn handle_error(err: BoxError) -> Response {
-    if is_connect_error(&err) {
-        (StatusCode::BAD_GATEWAY, "inventory unreachable").into_response()
-    } else if err.is::<tower::timeout::error::Elapsed>() {
-        (StatusCode::GATEWAY_TIMEOUT, "inventory timed out").into_response()
-    } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()
-    }
-}
-
-/// `/health`: every dependency's state and figures, as JSON.
-async fn health_json(AxumState(health): AxumState<Health>) -> Response {
-    match serde_json::to_string(&health.snapshot()) {
-        Ok(json) => ([(CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-/// `/ready`: for a load balancer's readiness check.
-async fn ready(AxumState(health): AxumState<Health>) -> (StatusCode, &'static str) {
-    if health.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
+/// `GET /stock/{sku}`: asks inventory. An error is the response (see [`Error`]).
+async fn stock(State(shop): State<Shop>, Path(sku): Path<u32>) -> Result<String, Error> {
+    let uri = format!("{}/stock/{sku}", shop.inventory);
+    let body = shop.client.get_bytes(uri).await?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The downstream: stock levels and a health check.
@@ -301,47 +190,23 @@ fn inventory_app() -> Router {
         .route("/health", get(|| async { "ok" }))
 }
 
-/// The watchdog's probe: `GET /health` on inventory over its own plain client (never
-/// through the breaker), passing on a `2xx`.
-fn health_probe(inventory: SocketAddr) -> impl Probe {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    move || {
-        let client = client.clone();
-        async move {
-            let uri = format!("http://{inventory}/health").parse()?;
-            let status = client.get(uri).await?.status();
-            if status.is_success() {
-                Ok::<_, BoxError>(())
-            } else {
-                Err(format!("inventory /health answered {status}").into())
-            }
-        }
-    }
-}
-
 /// Plays the user of the shop: a plain hyper client, printing what it sees.
 struct User {
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    client: Hyper<HttpConnector, Empty<Bytes>>,
     shop: SocketAddr,
     start: Instant,
 }
 
 impl User {
     async fn get(&self, path: &str) {
-        let seen = match format!("http://{}{path}", self.shop).parse() {
-            Ok(uri) => self.fetch(uri).await,
-            Err(e) => format!("bad uri: {e}"),
-        };
+        let seen = self.fetch(path).await;
         println!("{}  user: GET {path:<9} -> {seen}", stamp(self.start));
     }
 
     /// GETs a Prometheus scrape and prints the breaker's trips, its state and the
     /// watchdog's probes from it.
     async fn scrape(&self, path: &str) {
-        let uri = format!("http://{}{path}", self.shop)
-            .parse()
-            .expect("a valid uri");
-        let text = self.fetch(uri).await;
+        let text = self.fetch(path).await;
         println!(
             "{}  user: GET {path:<9} -> (a few of its lines)",
             stamp(self.start)
@@ -356,7 +221,11 @@ impl User {
         }
     }
 
-    async fn fetch(&self, uri: http::Uri) -> String {
+    async fn fetch(&self, path: &str) -> String {
+        let uri = match format!("http://{}{path}", self.shop).parse() {
+            Ok(uri) => uri,
+            Err(e) => return format!("bad uri: {e}"),
+        };
         let res = match timeout(PATIENCE, self.client.get(uri)).await {
             Ok(Ok(res)) => res,
             Ok(Err(e)) => return format!("error: {e}"),
@@ -367,10 +236,7 @@ impl User {
             seen += &format!(", Retry-After: {}", after.to_str().unwrap_or("?"));
         }
         match timeout(PATIENCE, res.into_body().collect()).await {
-            Ok(Ok(body)) => match body.to_bytes() {
-                body if body.is_empty() => seen += ", empty body",
-                body => seen += &format!(", {}", String::from_utf8_lossy(&body)),
-            },
+            Ok(Ok(body)) => seen += &format!(", {}", String::from_utf8_lossy(&body.to_bytes())),
             _ => seen += ", body lost",
         }
         seen
@@ -378,7 +244,7 @@ impl User {
 }
 
 /// Waits until `done` holds, checking every 10 ms, for at most [`PATIENCE`].
-async fn wait_for(what: &str, start: Instant, mut done: impl FnMut() -> bool) {
+async fn wait_for(what: &str, start: Instant, done: impl Fn() -> bool) {
     let waited = Instant::now();
     while !done() {
         if waited.elapsed() > PATIENCE {
@@ -432,13 +298,10 @@ impl<S: tracing::Subscriber> Layer<S> for EventPrinter {
         match meta.target() {
             "steadfast::breaker" => {
                 event.record(&mut f);
+                let (name, from, to, why) = (f.breaker, f.from, f.to, f.reason);
                 println!(
-                    "{}  breaker `{}` {} -> {} ({})",
-                    stamp(self.start),
-                    f.breaker,
-                    f.from,
-                    f.to,
-                    f.reason
+                    "{}  breaker `{name}` {from} -> {to} ({why})",
+                    stamp(self.start)
                 );
             }
             // Escalation (error) and its clearing (info); not each failed probe (debug).

@@ -1,7 +1,8 @@
-//! A hyper client protected by steadfast, calling a flaky server on a real socket.
+//! [`steadfast::http::Client`] without axum: a protected HTTP client calling a flaky
+//! server on a real socket.
 //!
 //! ```text
-//! cargo run --example hyper_client --features http
+//! cargo run --example hyper_client --features client
 //! ```
 //!
 //! The example starts a local axum server on 127.0.0.1 (port chosen by the OS) that
@@ -10,26 +11,26 @@
 //! client waits. Later the server is stopped (connections refused) and started again
 //! on the same port, with its request count back to zero.
 //!
-//! The client is a hyper-util legacy client wrapped with `ServiceBuilder`, outermost
-//! first: retry -> breaker -> timeout.
+//! The client is built in one call, [`Client::builder`]: retry -> breaker (one per
+//! origin, the default) -> timeout -> hyper-util.
 //!
 //! - **retry**: [`steadfast::http::retry_policy`]: `502`/`503`/`504`/`429`/`408` and
 //!   connect errors are retried, up to 3 attempts, only for idempotent methods or
 //!   requests with an `Idempotency-Key`; a `Retry-After` is waited out (unless that
-//!   would pass `max_elapsed`, 2 s); a budget caps retries; bodies are replayed.
+//!   would pass `max_elapsed`, 2 s); bodies are replayed.
 //! - **breaker**: opens after 3 failures in a row (each attempt counts; `5xx`, `429`
 //!   and errors are failures), for 0.4 s then 0.8 s then 1.6 s (seeded jitter), and
 //!   lets one trial request through to decide whether to close.
 //! - **timeout**: 300 ms per attempt.
 //!
-//! The output shows, per request, the status (with `Retry-After` and body) or the kind
-//! of error (a fast breaker rejection, a connect error, a timeout), the number of
-//! attempts from the response's [`Attempts`] extension, and how long it took; breaker
-//! transitions as they happen (from the `tracing` events every transition emits); and
-//! at the end the breaker's snapshot and the retry budget's balance. Each line is
-//! printed when its request is done. A request that was let through as the half-open
-//! trial and failed to connect is retried like any connect error, but its retry meets
-//! the breaker open again: it ends as a rejection, a few tens of milliseconds late.
+//! The output shows, per request, the status (with `Retry-After` and body) and the
+//! number of attempts from the response's [`Attempts`] extension, or the error's
+//! [`ErrorKind`](steadfast::http::ErrorKind) and message (a fast breaker rejection, a connect error, a timeout),
+//! and how long it took; breaker transitions as they happen (from the `tracing`
+//! events every transition emits); and at the end the snapshot of the server's
+//! origin's breaker. A request let through as the half-open trial that fails to
+//! connect is retried like any connect error, but its retry meets the breaker open
+//! again: it ends as a rejection, a few tens of milliseconds late.
 //!
 //! Everything runs for real (real sockets, real time, about 5 s): timings vary by a
 //! few milliseconds from run to run, and a rejection more or less may show during the
@@ -44,33 +45,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response as AxumResponse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use http::header::RETRY_AFTER;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use steadfast::backoff::{Backoff, Jitter};
 use steadfast::breaker::Breaker;
-use steadfast::http::open::find_open;
-use steadfast::http::replay::ReplayBody;
-use steadfast::http::{is_connect_error, Attempts, BreakerClassifier, IDEMPOTENCY_KEY};
-use steadfast::retry::{Budget, RetryLayer};
+use steadfast::http::{retry_policy, Attempts, Client, IDEMPOTENCY_KEY};
 use steadfast::BoxError;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
-use tower::{Service, ServiceBuilder, ServiceExt};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
-/// How long each attempt may take before the client gives up on it.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
-/// How long `/slow` takes to answer.
+/// How long `/slow` takes to answer: longer than an attempt may take (300 ms).
 const SLOW: Duration = Duration::from_millis(600);
 /// How long the server stays down.
 const OUTAGE: Duration = Duration::from_millis(1500);
@@ -92,41 +84,31 @@ async fn main() -> Result<(), BoxError> {
     tracing::subscriber::set_global_default(
         tracing_subscriber::registry().with(TransitionPrinter { start }),
     )?;
-
     let server = FlakyServer::start("127.0.0.1:0".parse()?).await?;
     let addr = server.addr;
 
-    let breaker = Breaker::builder("flaky")
-        .consecutive_failures(3)
-        .open_backoff(
-            Backoff::exponential(ms(400), ms(1600))
-                .jitter(Jitter::Equal) // each delay in [d / 2, d]
-                .seed(7),
+    let open_for = Backoff::exponential(ms(400), ms(1600)).jitter(Jitter::Equal); // in [d / 2, d]
+    let retry_backoff = Backoff::exponential(ms(50), ms(200)).jitter(Jitter::Full);
+    let client = Client::builder("flaky")
+        .breaker(
+            Breaker::builder("flaky")
+                .consecutive_failures(3)
+                .open_backoff(open_for.seed(7))
+                .half_open_calls(1),
         )
-        .half_open_calls(1)
+        .retry(
+            retry_policy()
+                .max_attempts(3)
+                .backoff(retry_backoff.seed(1))
+                .max_elapsed(Duration::from_secs(2)),
+        )
+        .timeout(ms(300))
         .build()?;
-    // Retries up to 20% of requests, plus 5 a second (a handle on the shared budget).
-    let budget = Budget::new(0.2, 5, Duration::from_secs(10))?;
-    let policy = steadfast::http::retry_policy()
-        .max_attempts(3)
-        .backoff(
-            Backoff::exponential(ms(50), ms(200))
-                .jitter(Jitter::Full)
-                .seed(1),
-        )
-        .max_elapsed(Duration::from_secs(2))
-        .budget(budget.clone());
-    let hyper = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
-    let mut client = ServiceBuilder::new()
-        .layer(RetryLayer::new(policy)?)
-        .layer(breaker.layer().classify(BreakerClassifier::new()))
-        .timeout(ATTEMPT_TIMEOUT)
-        .service(hyper);
 
     println!("server on {addr}: every 3rd request 503 + Retry-After: 1, every 4th other 503;");
-    println!("client: retry (3 attempts) -> breaker (3 failures in a row) -> timeout (300ms)");
+    println!("client `flaky`: retry (3 attempts) -> breaker per origin (3 failures in a row) -> timeout (300ms)");
     println!(
-        "{:>6}  {:<32} {:<30} {:>8}  {:>7}",
+        "{:>6}  {:<30} {:<50} {:>8}  {:>7}",
         "done", "request", "result", "attempts", "took"
     );
     let url = |path: &str| format!("http://{addr}{path}");
@@ -139,14 +121,14 @@ async fn main() -> Result<(), BoxError> {
         req.body(Full::new(Bytes::from_static(b"sku=42")))
     };
 
-    send(&mut client, start, get("/items/1")?).await;
-    send(&mut client, start, get("/items/2")?).await;
-    send(&mut client, start, get("/items/3")?).await;
-    send(&mut client, start, order(None)?).await;
-    send(&mut client, start, get("/items/4")?).await;
-    send(&mut client, start, order(Some("order-7"))?).await;
-    send(&mut client, start, get("/slow")?).await;
-    send(&mut client, start, get("/items/5")?).await;
+    send(&client, start, get("/items/1")?).await;
+    send(&client, start, get("/items/2")?).await;
+    send(&client, start, get("/items/3")?).await;
+    send(&client, start, order(None)?).await;
+    send(&client, start, get("/items/4")?).await;
+    send(&client, start, order(Some("order-7"))?).await;
+    send(&client, start, get("/slow")?).await;
+    send(&client, start, get("/items/5")?).await;
 
     server.stop().await?;
     println!("{}  -- server stopped: connections refused", stamp(start));
@@ -158,7 +140,7 @@ async fn main() -> Result<(), BoxError> {
             server = Some(FlakyServer::start(addr).await?);
             println!("{}  -- server back on the same port", stamp(start));
         }
-        let ok = send(&mut client, start, get(&format!("/items/{id}"))?).await;
+        let ok = send(&client, start, get(&format!("/items/{id}"))?).await;
         if server.is_some() && ok {
             ok_since_back += 1;
             if ok_since_back == 2 {
@@ -168,26 +150,21 @@ async fn main() -> Result<(), BoxError> {
         sleep(PACE).await;
     }
 
-    let s = breaker.snapshot();
+    // The breaker of the server's origin (http://127.0.0.1:port).
+    let s = client.breakers().breaker_for(&url("/").parse()?).snapshot();
     println!(
-        "breaker `{}`: {}, calls {} (ok {}, failed {}), rejected {}, trips {}",
+        "breaker `{}` of {addr}: {}, calls {} (ok {}, failed {}), rejected {}, trips {}",
         s.name, s.state, s.calls, s.successes, s.failures, s.rejected, s.trips
     );
-    if let Some(balance) = budget.balance() {
-        println!("retry budget: {balance:.1} retries available now");
-    }
     if let Some(server) = server {
         server.stop().await?;
     }
     Ok(())
 }
 
-/// Sends one request through the protected client and prints what came back. True
-/// for a `2xx` response.
-async fn send<S>(client: &mut S, start: Instant, request: Request<Full<Bytes>>) -> bool
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<Incoming>, Error = BoxError>,
-{
+/// Sends one request through the client and prints what came back. True for a `2xx`
+/// response.
+async fn send(client: &Client, start: Instant, request: Request<Full<Bytes>>) -> bool {
     let mut what = format!("{} {}", request.method(), request.uri().path());
     if request.method() == Method::POST {
         let key = request.headers().contains_key(&IDEMPOTENCY_KEY);
@@ -198,10 +175,7 @@ where
         };
     }
     let began = Instant::now();
-    let result = match client.ready().await {
-        Ok(ready) => ready.call(request).await,
-        Err(err) => Err(err),
-    };
+    let result = client.send(request).await;
     let took = began.elapsed();
     let (outcome, attempts, ok) = match result {
         Ok(res) => {
@@ -217,31 +191,15 @@ where
             }
             (outcome, attempts.to_string(), status.is_success())
         }
-        Err(err) => (error_kind(&err), "-".to_owned(), false),
+        // The error says which dependency and what went wrong; the attempts are not known.
+        Err(err) => (format!("{:?}: {err}", err.kind()), "-".to_owned(), false),
     };
     println!(
-        "{}  {what:<32} {outcome:<30} {attempts:>8}  {:>5}ms",
+        "{}  {what:<30} {outcome:<50} {attempts:>8}  {:>5}ms",
         stamp(start),
         took.as_millis()
     );
     ok
-}
-
-/// What kind of error the client got: a breaker rejection, a connect error, a timeout,
-/// or anything else.
-fn error_kind(err: &BoxError) -> String {
-    if let Some(open) = find_open(err.as_ref()) {
-        match open.retry_after() {
-            Some(d) => format!("Open: rejected, {}ms left", d.as_millis()),
-            None => "Open: rejected".to_owned(),
-        }
-    } else if is_connect_error(err) {
-        "connect error (refused)".to_owned()
-    } else if err.is::<tower::timeout::error::Elapsed>() {
-        format!("timed out ({}ms)", ATTEMPT_TIMEOUT.as_millis())
-    } else {
-        format!("error: {err}")
-    }
 }
 
 /// The flaky server: answers by the count of requests it has received since it started.
@@ -281,17 +239,15 @@ impl FlakyServer {
 
 /// The server's fault: every 3rd request a `503` with `Retry-After: 1`, every 4th other
 /// one a bare `503`.
-fn fault(hits: &AtomicU32) -> Option<AxumResponse> {
+fn fault(hits: &AtomicU32) -> Option<Response> {
     let n = hits.fetch_add(1, Relaxed) + 1;
     if n % 3 == 0 {
-        Some(
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(RETRY_AFTER, "1")],
-                "busy",
-            )
-                .into_response(),
-        )
+        let busy = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(RETRY_AFTER, "1")],
+            "busy",
+        );
+        Some(busy.into_response())
     } else if n % 4 == 0 {
         Some((StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response())
     } else {
@@ -299,11 +255,11 @@ fn fault(hits: &AtomicU32) -> Option<AxumResponse> {
     }
 }
 
-async fn item(State(hits): State<Arc<AtomicU32>>, Path(id): Path<u32>) -> AxumResponse {
+async fn item(State(hits): State<Arc<AtomicU32>>, Path(id): Path<u32>) -> Response {
     fault(&hits).unwrap_or_else(|| format!("item {id}").into_response())
 }
 
-async fn order(State(hits): State<Arc<AtomicU32>>, body: Bytes) -> AxumResponse {
+async fn order(State(hits): State<Arc<AtomicU32>>, body: Bytes) -> Response {
     fault(&hits).unwrap_or_else(|| {
         let placed = format!("placed {}", String::from_utf8_lossy(&body));
         (StatusCode::CREATED, placed).into_response()
@@ -328,13 +284,10 @@ impl<S: tracing::Subscriber> Layer<S> for TransitionPrinter {
         }
         let mut f = Fields::default();
         event.record(&mut f);
+        let (name, from, to, why) = (f.breaker, f.from, f.to, f.reason);
         println!(
-            "{}  breaker `{}` {} -> {} ({})",
-            stamp(self.start),
-            f.breaker,
-            f.from,
-            f.to,
-            f.reason
+            "{}  breaker `{name}` {from} -> {to} ({why})",
+            stamp(self.start)
         );
     }
 }
