@@ -25,7 +25,6 @@
 //! cargo bench --bench breaker
 //! ```
 
-use std::convert::Infallible;
 use std::fmt::Debug;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -144,19 +143,78 @@ fn steadfast_count_window(
     count_window_breaker().layer().layer(inner())
 }
 
-/// steadfast: the count window again, with 1% of calls classified as failed (every
-/// request `n` with `n % 100 == 7`), far below the 50% rule: a failure is nearly
+/// steadfast: the count window over an inner service whose calls fail one in
+/// `every` (see `support::failing`), far below the 50% rule: a failure is nearly
 /// always in the window, so every call takes a position in it (the clean-window row
 /// above takes none).
-fn steadfast_count_window_1pct(
+fn steadfast_count_window_failing(
+    every: u64,
 ) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
     count_window_breaker()
         .layer()
-        .layer(inner())
-        .classify(|r: &Result<u64, Infallible>| match r {
-            Ok(n) if n % 100 == 7 => steadfast::Outcome::Failure,
-            _ => steadfast::Outcome::Success,
-        })
+        .layer(support::failing(every))
+}
+
+/// steadfast: the consecutive rule over calls failing one in `every`.
+fn steadfast_consecutive_failing(
+    every: u64,
+) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
+    let breaker = steadfast::breaker::Breaker::builder("b")
+        .consecutive_failures(5)
+        .build()
+        .expect("valid steadfast config");
+    breaker.layer().layer(support::failing(every))
+}
+
+/// steadfast: the 10 s time window over calls failing one in `every`.
+fn steadfast_time_window_failing(
+    every: u64,
+) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
+    let breaker = steadfast::breaker::Breaker::builder("b")
+        .failure_rate(0.5)
+        .time_window(Duration::from_secs(10))
+        .build()
+        .expect("valid steadfast config");
+    support::settled(breaker.layer().layer(support::failing(every)))
+}
+
+/// steadfast: `Breaker::new` over calls failing one in `every` (10% is far from its
+/// 95% rule, and from shedding: accepts stay above half the requests).
+fn steadfast_defaults_failing(
+    every: u64,
+) -> impl Service<u64, Response = u64, Error = steadfast::BoxError> + Clone + Send + 'static {
+    support::settled(
+        steadfast::breaker::Breaker::new("b")
+            .layer()
+            .layer(support::failing(every)),
+    )
+}
+
+/// failsafe: its consecutive rule over calls failing one in `every`.
+fn failsafe_consecutive_failing(
+    every: u64,
+) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
+    let policy =
+        failsafe::failure_policy::consecutive_failures(5, failsafe::backoff::constant(OPEN_FOR));
+    FailsafeService {
+        inner: support::failing(every),
+        breaker: failsafe::Config::new().failure_policy(policy).build(),
+    }
+}
+
+/// recloser: its count window over calls failing one in `every`.
+fn recloser_count_window_failing(
+    every: u64,
+) -> impl Service<u64, Response = u64, Error = impl Debug> + Clone + Send + 'static {
+    let breaker = recloser::Recloser::custom()
+        .error_rate(0.5)
+        .closed_len(100)
+        .open_wait(OPEN_FOR)
+        .build();
+    RecloserService {
+        inner: support::failing(every),
+        breaker: recloser::AsyncRecloser::from(breaker),
+    }
 }
 
 /// steadfast: trip at >= 50% failures over the last 10 s.
@@ -339,12 +397,46 @@ macro_rules! rows {
             "steadfast/count_window",
             steadfast_count_window(),
         );
-        $bench(
-            $group,
-            $rt,
-            "steadfast/count_window_1pct",
-            steadfast_count_window_1pct(),
-        );
+        // The paths real traffic takes: 1% and 10% of calls failing.
+        for (pct, every) in [("1pct", 100), ("10pct", 10)] {
+            let id = |row: &str| format!("{row}_{pct}");
+            $bench(
+                $group,
+                $rt,
+                &id("steadfast/consecutive"),
+                steadfast_consecutive_failing(every),
+            );
+            $bench(
+                $group,
+                $rt,
+                &id("steadfast/count_window"),
+                steadfast_count_window_failing(every),
+            );
+            $bench(
+                $group,
+                $rt,
+                &id("steadfast/time_window"),
+                steadfast_time_window_failing(every),
+            );
+            $bench(
+                $group,
+                $rt,
+                &id("steadfast/defaults"),
+                steadfast_defaults_failing(every),
+            );
+            $bench(
+                $group,
+                $rt,
+                &id("failsafe/consecutive"),
+                failsafe_consecutive_failing(every),
+            );
+            $bench(
+                $group,
+                $rt,
+                &id("recloser/count_window"),
+                recloser_count_window_failing(every),
+            );
+        }
         $bench(
             $group,
             $rt,

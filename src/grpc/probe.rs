@@ -75,7 +75,10 @@ where
                 .into_inner();
             match ServingStatus::try_from(answer.status) {
                 Ok(ServingStatus::Serving) => Ok(()),
-                status => Err(format!("health of {service:?}: {status:?}").into()),
+                Ok(status) => {
+                    Err(format!("health of {service:?}: {}", status.as_str_name()).into())
+                }
+                Err(_) => Err(format!("health of {service:?}: status {}", answer.status).into()),
             }
         })
     }
