@@ -22,7 +22,7 @@ use steadfast::backoff::{Backoff, Jitter};
 use steadfast::breaker::error::Open;
 use steadfast::breaker::Breaker;
 use steadfast::retry::{
-    Budget, Retry, RetryLayer, RetryPolicy, RetryResponse, DEFAULT_MAX_ATTEMPTS,
+    Budget, Retry, RetryLayer, RetryPolicy, RetryRequest, RetryResponse, DEFAULT_MAX_ATTEMPTS,
 };
 use steadfast::{BoxError, Outcome};
 use tokio::time::{advance, Instant};
@@ -1276,6 +1276,10 @@ async fn a_hint_of_duration_max_waits_without_panicking() {
     advance(secs(365 * 86_400)).await;
     assert!(fut.as_mut().poll(&mut cx).is_pending());
     assert_eq!(log.calls(), 1);
+    // Twenty-nine years on: still short of tokio's far future (30 years).
+    advance(secs(28 * 365 * 86_400)).await;
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(log.calls(), 1);
     assert_eq!(wakes.count(), 0);
 }
 
@@ -1386,4 +1390,39 @@ fn deposits_from_threads_sharing_a_stripe_are_all_counted() {
     });
     // Each request deposited half a retry; nothing was withdrawn or expired.
     assert_eq!(budget.balance(), Some((THREADS * REQUESTS) as f64 * 0.5));
+}
+
+// --- a custom RetryRequest --------------------------------------------------------------
+
+/// A [`RetryRequest`] that numbers each attempt's request from the first one, and keeps
+/// the trait's default `last` (which makes the last request with `next`).
+#[derive(Debug, Clone, Copy)]
+struct Numbered;
+
+impl RetryRequest<u32> for Numbered {
+    type Out = u32;
+    type Replay = u32;
+
+    fn prepare(&self, request: u32) -> (u32, Option<u32>) {
+        (request, Some(request))
+    }
+
+    fn next(&self, replay: &mut u32) -> Option<u32> {
+        *replay += 1;
+        Some(*replay)
+    }
+
+    fn once(&self, request: u32) -> u32 {
+        request
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_last_request_is_made_with_next() {
+    let log = Log::default();
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(plain(3, ms(10)).requests(Numbered)).expect("a valid policy"))
+        .service(flaky(usize::MAX, log.clone()));
+    assert_eq!(call(&mut svc, 10).await, Err(3));
+    assert_eq!(log.requests(), [10, 11, 12]);
 }
