@@ -112,7 +112,11 @@ impl ClientBuilder {
     }
 
     /// The retry settings (default: [`retry_policy`] retrying
-    /// every error of an idempotent request, `max_elapsed` 30 s).
+    /// every error of an idempotent request, `max_elapsed` 30 s). A policy given here
+    /// keeps its own classifier (`retry_policy()` retries connect errors only, not
+    /// timeouts: add `.retry_if(RetryClassifier::new().retry_all_errors(true))` for
+    /// the client's); without `max_elapsed` it gets the client's 30 s, and without a
+    /// name the client's name (its metrics label).
     ///
     /// ```
     /// use steadfast::http::{retry_policy, Client};
@@ -122,7 +126,14 @@ impl ClientBuilder {
     /// # let _: Client = client;
     /// # Ok::<(), steadfast::ConfigError>(())
     /// ```
-    pub fn retry(mut self, policy: HttpRetryPolicy) -> Self {
+    pub fn retry(mut self, mut policy: HttpRetryPolicy) -> Self {
+        // The client's defaults where the policy leaves them unset.
+        if policy.max_elapsed.is_none() {
+            policy = policy.max_elapsed(MAX_ELAPSED);
+        }
+        if &*policy.name == "retry" {
+            policy = policy.name(self.name.clone());
+        }
         self.retry = policy;
         self
     }
