@@ -5,6 +5,9 @@
 //! can tell whether the breaker touched the downstream at all. Every timing rule runs
 //! on paused time.
 
+mod common;
+
+use common::secs;
 use std::error::Error;
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -206,10 +209,6 @@ fn assert_ready_ok(poll: Poll<Result<(), BoxError>>) {
 fn next_state(rx: &mut watch::Receiver<State>) -> State {
     assert!(rx.has_changed().unwrap(), "no state change was published");
     *rx.borrow_and_update()
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
 }
 
 // --- the harness itself ------------------------------------------------------------------

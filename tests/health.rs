@@ -2,6 +2,9 @@
 //! does not (open, half-open, forced closed); snapshots in registration order with each
 //! breaker's figures; and, with the `serde` feature, the JSON a `/health` route serves.
 
+mod common;
+
+use common::secs;
 use std::time::Duration;
 
 use steadfast::backoff::Backoff;
@@ -13,10 +16,6 @@ use steadfast::BoxError;
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tower::{Layer, Service, ServiceExt};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 /// A downstream behind `breaker`: a `true` request succeeds, `false` fails.
 fn guarded(breaker: &Breaker) -> impl Service<bool, Response = (), Error = BoxError> + Clone {

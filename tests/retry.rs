@@ -8,6 +8,9 @@
 //! timers fire on whole milliseconds, so a delay of `d` is observed as `d` rounded up to
 //! the next millisecond (exactly `d` when `d` is whole milliseconds).
 
+mod common;
+
+use common::{ms, secs};
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt;
@@ -29,14 +32,6 @@ use tokio::time::{advance, Instant};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 // --- helpers -----------------------------------------------------------------------------
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 /// Attempts and a constant delay, and nothing else: no budget, no `max_elapsed`.
 fn plain(max_attempts: u32, delay: Duration) -> RetryPolicy {

@@ -5,6 +5,9 @@
 //! Every test runs on paused time: sleeps auto-advance when the runtime is idle, so a
 //! minute of traffic takes milliseconds and every instant is exact.
 
+mod common;
+
+use common::{ms, secs};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,14 +27,6 @@ use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceExt};
 
 // --- helpers -----------------------------------------------------------------------------
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 /// Lets woken tasks (the watchdog) run without moving the clock.
 async fn settle() {
