@@ -388,7 +388,7 @@ impl BreakerBuilder {
     /// trickle; without throttling those calls would still have succeeded at that
     /// rate (`tests/breaker_rules.rs` shows both cases).
     ///
-    /// Costs nothing while nothing is shed, beyond the time window's clock read.
+    /// Costs nothing on a closed call while nothing is shed.
     ///
     /// ```
     /// use std::time::Duration;

@@ -650,11 +650,13 @@ impl Shared {
                 self.clear_failures(epoch);
             }
         }
+        // A time window's tick, read once for the count and for the throttle.
+        let mut tick = 0;
         let totals = match &self.window {
             None => None,
             Some(Window::Count(w)) => w.record(failed, slow),
             Some(Window::Time(w)) => {
-                let tick = w.current_tick(end);
+                tick = w.current_tick(end);
                 w.record(failed, slow, tick, slot)
             }
         };
@@ -676,7 +678,7 @@ impl Shared {
         } else if let (Some(_), Some(Window::Time(w)), true) =
             (&self.throttle, &self.window, failed)
         {
-            self.rethrottle(epoch, w.throttle_totals(w.current_tick(end)));
+            self.rethrottle(epoch, w.throttle_totals(tick));
         }
     }
 

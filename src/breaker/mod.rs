@@ -27,8 +27,9 @@
 //! # Cost
 //!
 //! In the closed state a call reads one atomic word to be admitted and adds to a
-//! per-thread counter when done: no lock, no allocation, and no clock read unless a
-//! time window or a slow-call rule needs one.
+//! per-thread counter when done: no lock, no allocation, and no clock read but for a
+//! slow-call rule (a time window reads a coarse clock kept by a task, see
+//! [`BreakerBuilder::time_window`], and the real one only on failures).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
