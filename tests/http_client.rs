@@ -7,10 +7,12 @@
 //! No assertion depends on how fast anything is, only on what comes back; waits poll
 //! with a generous deadline.
 
+mod common;
+
+use common::process::Process;
 use std::future::IntoFuture;
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -490,7 +492,7 @@ fn bad_settings_are_config_errors() {
 /// The environment variable that carries the downstream's port to its process.
 const PORT_VAR: &str = "STEADFAST_HTTP_CLIENT_DOWNSTREAM_PORT";
 
-/// The downstream server in its own process, spawned by [`Process::spawn`]; does
+/// The downstream server in its own process, spawned by [`downstream_on`]; does
 /// nothing when run without [`PORT_VAR`] (as by `cargo test -- --include-ignored`).
 #[test]
 #[ignore = "the downstream server of http_client, run as its own process"]
@@ -520,44 +522,11 @@ fn downstream_process() {
     });
 }
 
-/// The downstream process; killed (`SIGKILL`) on drop.
-struct Process(Child);
-
-impl Process {
-    /// Spawns it on `addr` and waits until it accepts connections.
-    async fn spawn(addr: SocketAddr) -> Self {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let child = Command::new(exe)
-            .args([
-                "downstream_process",
-                "--exact",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(PORT_VAR, addr.port().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the downstream process");
-        let mut process = Self(child);
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            if let Ok(Some(status)) = process.0.try_wait() {
-                panic!("the downstream process exited: {status}");
-            }
-            assert!(start.elapsed() < PATIENCE, "the downstream never listened");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        process
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The downstream process on `addr`, accepting connections.
+async fn downstream_on(addr: SocketAddr) -> Process {
+    let mut process = Process::spawn("downstream_process", PORT_VAR, addr.port());
+    process.accepting(addr).await;
+    process
 }
 
 /// The user's load on `/price/{n}`: one request every 10 ms on its own task until
@@ -577,7 +546,7 @@ async fn load(app: SocketAddr, log: Arc<std::sync::Mutex<Vec<(Instant, Seen)>>>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_price_app_rides_out_a_downstream_restart_with_defaults() {
     let addr = dead_addr();
-    let down = Process::spawn(addr).await;
+    let down = downstream_on(addr).await;
 
     // The app as a user writes it: defaults, but for the probe and its interval.
     let health = Health::new();
@@ -612,7 +581,7 @@ async fn the_price_app_rides_out_a_downstream_restart_with_defaults() {
         "no request reaches the dead downstream while open"
     );
 
-    let _down = Process::spawn(addr).await;
+    let _down = downstream_on(addr).await;
     let restarted = Instant::now();
     eventually("a 200 after the restart", || {
         log.lock()

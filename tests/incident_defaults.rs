@@ -36,10 +36,12 @@
 //! [`OUTAGE`]; it is restarted, and the time from the moment its port accepts
 //! connections again to the first `200` the app returns is the recovery time.
 
+mod common;
+
+use common::process::Process;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -62,7 +64,7 @@ use steadfast::http::replay::ReplayBody;
 use steadfast::retry::RetryLayer;
 use steadfast::watchdog::{Probe, Watchdog};
 use steadfast::BoxError;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -93,7 +95,7 @@ const PORT_VAR: &str = "STEADFAST_INCIDENT_DOWNSTREAM_PORT";
 // The downstream process
 // ---------------------------------------------------------------------------------
 
-/// The downstream server, run in its own process by [`Downstream::spawn`]; it does
+/// The downstream server, run in its own process by [`Process::spawn`]; it does
 /// nothing when run without [`PORT_VAR`] (as by `cargo test -- --include-ignored`).
 #[test]
 #[ignore = "the downstream server of incident_defaults, run as its own process"]
@@ -125,66 +127,6 @@ fn downstream_process() {
             );
         axum::serve(listener, app).await.expect("downstream: serve");
     });
-}
-
-/// The downstream process; killed on drop.
-struct Downstream {
-    child: Child,
-}
-
-impl Downstream {
-    fn spawn(port: u16) -> Self {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let child = Command::new(exe)
-            .args([
-                "downstream_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(PORT_VAR, port.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the downstream process");
-        Self { child }
-    }
-
-    /// Waits until the process accepts connections on `addr`; the instant it first did.
-    async fn accepting(&mut self, addr: SocketAddr) -> Instant {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect(addr).await.is_ok() {
-                return Instant::now();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the downstream process exited before accepting: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the downstream process does not accept connections on {addr}"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
-    /// Stops the process for good (`SIGKILL`, then reaped).
-    fn kill(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Downstream {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// A port that was free a moment ago.
@@ -415,7 +357,7 @@ fn signed_ms(t: Instant, origin: Instant) -> i128 {
 async fn after_a_30s_outage_the_first_success_comes_within_two_probe_intervals_of_the_restart() {
     let port = free_port();
     let downstream_addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut downstream = Downstream::spawn(port);
+    let mut downstream = Process::spawn("downstream_process", PORT_VAR, port);
     downstream.accepting(downstream_addr).await;
 
     // The app, with defaults everywhere but the watchdog's interval.
@@ -480,7 +422,7 @@ async fn after_a_30s_outage_the_first_success_comes_within_two_probe_intervals_o
 
     // Restart it on the same port; the restart is when it accepts connections.
     let respawned = Instant::now();
-    let mut downstream = Downstream::spawn(port);
+    let mut downstream = Process::spawn("downstream_process", PORT_VAR, port);
     let restarted = downstream.accepting(downstream_addr).await;
     while first_with(&lock(&seen), respawned, StatusCode::OK).is_none()
         && restarted.elapsed() < PATIENCE

@@ -1,6 +1,8 @@
 //! A scriptable downstream for breaker tests: each request says how the call behaves.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
