@@ -3,7 +3,9 @@
 //!
 //! [`Health::is_ready`] is false while any registered breaker is forced open or
 //! escalated by its [watchdog](crate::watchdog); a breaker that is merely open is still
-//! ready, since the service degrades gracefully and the breaker handles it.
+//! ready, since the service degrades gracefully and the breaker handles it. An
+//! [endpoint set](Health::register_endpoints) makes it false while every one of its
+//! endpoints' breakers is open.
 //! [`Health::snapshot`] lists every dependency with its state and figures, ready to be
 //! served as JSON from a `/health` route (with the `serde` feature).
 //!
@@ -23,7 +25,7 @@
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::breaker::{Breaker, Snapshot, State};
+use crate::breaker::{Breaker, EjectionCap, EjectionSnapshot, Snapshot, State};
 use crate::keyed::{KeyedBreaker, KeyedSnapshot, KeyedView};
 
 /// A registry of breakers whose states decide readiness. Cheap to clone; clones share
@@ -32,6 +34,7 @@ use crate::keyed::{KeyedBreaker, KeyedSnapshot, KeyedView};
 pub struct Health {
     breakers: Arc<RwLock<Vec<Breaker>>>,
     keyed: Arc<RwLock<Vec<Arc<dyn KeyedView>>>>,
+    sets: Arc<RwLock<Vec<EjectionCap>>>,
 }
 
 /// One dependency in a [`HealthSnapshot`].
@@ -61,6 +64,26 @@ pub struct HealthSnapshot {
     /// Left out of the JSON when empty.
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Vec::is_empty"))]
     pub keyed: Vec<KeyedSnapshot>,
+    /// The endpoint sets, in registration order (see [`Health::register_endpoints`]).
+    /// Left out of the JSON when empty.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Vec::is_empty"))]
+    pub endpoint_sets: Vec<EndpointSet>,
+}
+
+/// One endpoint set in a [`HealthSnapshot`]: the breakers sharing an [`EjectionCap`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct EndpointSet {
+    /// The set's figures: members, how many may reject, open, let through.
+    #[cfg_attr(feature = "serde", serde(flatten))]
+    pub ejection: EjectionSnapshot,
+    /// Whether it makes the service not ready: every breaker of the set is open.
+    pub blocks_readiness: bool,
+}
+
+fn set_blocks(s: &EjectionSnapshot) -> bool {
+    s.members > 0 && s.open == s.members
 }
 
 fn blocks(breaker: &Breaker) -> bool {
@@ -113,6 +136,40 @@ impl Health {
         self
     }
 
+    /// Adds the set of endpoint breakers that share `cap` (one per endpoint of a
+    /// load balancer, or a keyed breaker's keys): it makes the service not ready while
+    /// every breaker of the set is open or half-open, when the process reaches none of
+    /// its endpoints. That is either its own fault (its network, a bad deploy) or every
+    /// endpoint down; either way its share of the traffic is better served elsewhere.
+    /// Fewer open breakers never block readiness: routing around them is the
+    /// balancer's and the cap's job.
+    ///
+    /// A process out of its load balancer gets no requests to try its endpoints with:
+    /// give the set's breakers a [watchdog](crate::watchdog), whose probes close them
+    /// (and so make the process ready again) when the endpoints answer.
+    ///
+    /// ```
+    /// use steadfast::breaker::{Breaker, EjectionCap};
+    /// use steadfast::health::Health;
+    ///
+    /// let cap = EjectionCap::default();
+    /// let endpoints: Vec<Breaker> = (0..3)
+    ///     .map(|i| Breaker::builder(format!("orders-{i}")).ejection_cap(&cap).build())
+    ///     .collect::<Result<_, _>>()?;
+    /// let health = Health::new();
+    /// health.register_endpoints(&cap);
+    /// assert!(health.is_ready());
+    /// assert_eq!(health.snapshot().endpoint_sets[0].ejection.members, 3);
+    /// # Ok::<(), steadfast::ConfigError>(())
+    /// ```
+    pub fn register_endpoints(&self, cap: &EjectionCap) -> &Self {
+        self.sets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(cap.clone());
+        self
+    }
+
     /// Records every registered breaker's and keyed breaker's figures with the
     /// [`metrics`](crate::metrics) facade (feature `metrics`): call it in the
     /// `/metrics` handler before the exporter renders.
@@ -136,7 +193,8 @@ impl Health {
         }
     }
 
-    /// False while any registered breaker is escalated or forced open.
+    /// False while any registered breaker is escalated or forced open, or every
+    /// breaker of a registered endpoint set is open.
     pub fn is_ready(&self) -> bool {
         !self
             .breakers
@@ -144,6 +202,12 @@ impl Health {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .any(blocks)
+            && !self
+                .sets
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|cap| set_blocks(&cap.snapshot()))
     }
 
     /// Every dependency's state and figures.
@@ -166,10 +230,25 @@ impl Health {
             .iter()
             .map(|k| k.snapshot())
             .collect();
+        let endpoint_sets: Vec<_> = self
+            .sets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|cap| {
+                let ejection = cap.snapshot();
+                EndpointSet {
+                    ejection,
+                    blocks_readiness: set_blocks(&ejection),
+                }
+            })
+            .collect();
         HealthSnapshot {
-            ready: !dependencies.iter().any(|d| d.blocks_readiness),
+            ready: !dependencies.iter().any(|d| d.blocks_readiness)
+                && !endpoint_sets.iter().any(|s| s.blocks_readiness),
             dependencies,
             keyed,
+            endpoint_sets,
         }
     }
 }

@@ -267,7 +267,7 @@ async fn the_snapshot_serializes_to_the_health_route_json() {
         json!({
             "name": name, "state": state, "calls": 0, "successes": 0, "failures": 0,
             "ignored": 0, "slow": 0, "rejected": 0, "shed": 0, "trips": 0,
-            "failure_rate": null, "retry_after_ms": null,
+            "failure_rate": null, "retry_after_ms": null, "capped": false,
         })
     };
     let mut cache_figures = figures("cache", "open");

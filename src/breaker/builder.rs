@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::backoff::{Backoff, Jitter};
 use crate::config::{check_duration, check_rate, ConfigError};
 
-use super::Breaker;
+use super::{Breaker, EjectionCap};
 
 /// The consecutive-failure threshold of the defaults before 0.2: no longer a default
 /// (at a high call rate, a brownout that fails 30% of calls makes runs of 5 failures
@@ -103,6 +103,8 @@ pub(crate) struct Config {
     /// Whether a time window may run a coarse clock (a ticker task); not for the
     /// breakers of a keyed breaker, made and dropped by the thousand.
     pub(crate) coarse_clock: bool,
+    /// The set whose ejections are capped, if any.
+    pub(crate) ejection: Option<EjectionCap>,
 }
 
 impl Default for Config {
@@ -123,6 +125,7 @@ impl Default for Config {
             throttle: Some(DEFAULT_THROTTLE),
             seed: None,
             coarse_clock: true,
+            ejection: None,
         }
     }
 }
@@ -206,6 +209,7 @@ pub struct BreakerBuilder {
     readiness: Readiness,
     throttle: Option<f64>,
     seed: Option<u64>,
+    ejection: Option<EjectionCap>,
 }
 
 impl fmt::Debug for BreakerBuilder {
@@ -225,6 +229,7 @@ impl fmt::Debug for BreakerBuilder {
             .field("readiness", &self.readiness)
             .field("adaptive_throttling", &self.throttle)
             .field("seed", &self.seed)
+            .field("ejection_cap", &self.ejection)
             .finish()
     }
 }
@@ -246,6 +251,7 @@ impl BreakerBuilder {
             readiness: Readiness::FailFast,
             throttle: None,
             seed: None,
+            ejection: None,
         }
     }
 
@@ -416,6 +422,16 @@ impl BreakerBuilder {
         self
     }
 
+    /// Makes the breaker one of the set that `cap` bounds: of the set's open
+    /// breakers, only the most recently opened reject, up to the cap's share of the
+    /// set; the others let calls through (see [`EjectionCap`]). Set it on each
+    /// endpoint's breaker under a load balancer, or on the template of a
+    /// [`KeyedBreaker`](crate::keyed::KeyedBreaker) to cap its keys. Default: no cap.
+    pub fn ejection_cap(mut self, cap: &EjectionCap) -> Self {
+        self.ejection = Some(cap.clone());
+        self
+    }
+
     /// Checks the configuration and builds the breaker.
     ///
     /// # Errors
@@ -568,6 +584,7 @@ impl BreakerBuilder {
             throttle,
             seed: self.seed,
             coarse_clock: true,
+            ejection: self.ejection.clone(),
         })
     }
 }

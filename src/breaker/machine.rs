@@ -27,6 +27,7 @@ use tokio::sync::{futures::OwnedNotified, watch, Notify};
 use tokio::time::Instant;
 
 use super::builder::{Config, WindowKind};
+use super::ejection::Member;
 use super::local::{thread_slot, with_local, Local};
 pub(crate) use super::recorder::Recorder;
 use super::recorder::TRIAL_MASK;
@@ -175,6 +176,8 @@ pub(crate) struct Shared {
     watch: watch::Sender<State>,
     /// Woken on every transition: services in `Readiness::Wait` waiting in `poll_ready`.
     changed: Arc<Notify>,
+    /// The breaker's place in an ejection cap's set, if it has one.
+    member: Option<Member>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -240,6 +243,11 @@ impl Core {
                 .or(config.open_backoff.seed_value())
                 .unwrap_or_else(|| fastrand::u64(..)),
         });
+        let changed = Arc::new(Notify::new());
+        let member = config
+            .ejection
+            .as_ref()
+            .map(|cap| cap.join(changed.clone(), kind == OPEN));
         let shared = Arc::new(Shared {
             state: AtomicU64::new(initial.0),
             consecutive: AtomicU64::new(streak(0, 0)),
@@ -263,7 +271,8 @@ impl Core {
                 next_trial: 0,
             }),
             watch: watch::channel(initial.state()).0,
-            changed: Arc::new(Notify::new()),
+            changed,
+            member,
             config,
         });
         Self {
@@ -332,6 +341,15 @@ impl Core {
             .fold(self.shared.overflow.add_to(Counts::default()), |c, s| {
                 s.counters.add_to(c)
             })
+    }
+}
+
+/// The last `Breaker` handle is gone: the breaker leaves its ejection cap's set.
+impl Drop for Core {
+    fn drop(&mut self) {
+        if let Some(member) = &self.shared.member {
+            member.leave();
+        }
     }
 }
 
@@ -442,16 +460,12 @@ impl Shared {
                     if self.watchdogs.load(Acquire) > 0 {
                         // A watchdog owns recovery: it closes the breaker when its
                         // probes pass, whatever the open delay. Its estimate, if any.
-                        return Admission::Reject {
-                            retry_after: self.watchdog_retry_after(),
-                        };
+                        return self.reject_or_let_through(word, self.watchdog_retry_after());
                     }
                     let now = self.now();
                     let until = self.open_until.load(Acquire);
                     if now < until {
-                        return Admission::Reject {
-                            retry_after: Some(hint(until - now)),
-                        };
+                        return self.reject_or_let_through(word, Some(hint(until - now)));
                     }
                     if let Some(admission) = self.to_half_open(word, now) {
                         return admission;
@@ -465,6 +479,24 @@ impl Shared {
             }
             word = self.word();
         }
+    }
+
+    /// An open breaker's rejection, unless its [ejection cap](super::EjectionCap)
+    /// lets the call through: then a pass for an epoch already over, so that the call
+    /// counts in the figures but never in the rules.
+    fn reject_or_let_through(&self, word: Word, retry_after: Option<Duration>) -> Admission {
+        if self.capped() {
+            Admission::Pass {
+                epoch: word.epoch().wrapping_sub(1),
+            }
+        } else {
+            Admission::Reject { retry_after }
+        }
+    }
+
+    /// Whether an ejection cap lets calls through this open or half-open breaker now.
+    pub(crate) fn capped(&self) -> bool {
+        self.member.as_ref().is_some_and(Member::let_through)
     }
 
     /// Closed while adaptive throttling sheds: one draw decides. A shed call counts in
@@ -541,7 +573,7 @@ impl Shared {
                 return None;
             }
             if word.admitted() >= limit {
-                return Some(Admission::Reject { retry_after: None });
+                return Some(self.reject_or_let_through(word, None));
             }
             let next = word.with_admitted(word.admitted() + 1);
             match self
@@ -798,6 +830,12 @@ impl Shared {
     }
 
     fn announce(&self, from: State, to: State, reason: Reason) {
+        if let Some(member) = &self.member {
+            member.set(
+                matches!(to, State::Open | State::HalfOpen),
+                to == State::Open,
+            );
+        }
         self.watch.send_replace(to);
         self.changed.notify_waiters();
         super::event::transition(&self.name, from, to, reason.as_str());

@@ -59,6 +59,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 mod builder;
+mod ejection;
 mod event;
 mod layer;
 mod local;
@@ -79,6 +80,7 @@ pub use self::builder::{
     BreakerBuilder, Readiness, DEFAULT_COUNT_WINDOW, DEFAULT_FAILURE_RATE, DEFAULT_HALF_OPEN_CALLS,
     DEFAULT_HALF_OPEN_TIMEOUT, DEFAULT_MIN_CALLS, DEFAULT_OPEN_BACKOFF,
 };
+pub use self::ejection::{EjectionCap, EjectionSnapshot};
 pub use self::layer::BreakerLayer;
 pub use self::service::BreakerService;
 
@@ -176,6 +178,9 @@ pub struct Snapshot {
         serde(rename = "retry_after_ms", serialize_with = "millis")
     )]
     pub retry_after: Option<Duration>,
+    /// Whether the breaker's [`EjectionCap`] lets calls through it although it is open
+    /// or half-open: more of its set are open than the cap lets reject.
+    pub capped: bool,
 }
 
 /// A duration as whole milliseconds, rounded up (so never 0 for a nonzero wait).
@@ -249,6 +254,7 @@ impl Breaker {
                 .filter(|w| w.calls > 0)
                 .map(|w| w.failures as f64 / w.calls as f64),
             retry_after: shared.retry_after(),
+            capped: shared.capped(),
         }
     }
 
@@ -270,6 +276,12 @@ impl Breaker {
     /// Closes the breaker with fresh windows and a fresh open backoff, from any state.
     pub fn reset(&self) {
         self.core.shared.set(State::Closed);
+    }
+
+    /// Whether the breaker's [`EjectionCap`] lets calls through it although it is open
+    /// or half-open (see [`Snapshot::capped`]); `false` without a cap.
+    pub fn is_capped(&self) -> bool {
+        self.core.shared.capped()
     }
 
     /// Whether a [watchdog](crate::watchdog) reports this dependency escalated: it

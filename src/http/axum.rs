@@ -54,7 +54,7 @@
 //!       "breaker": {
 //!         "name": "prices", "state": "open", "calls": 40, "successes": 12,
 //!         "failures": 28, "ignored": 0, "slow": 0, "rejected": 115, "shed": 0,
-//!         "trips": 1, "failure_rate": 0.7, "retry_after_ms": 1800
+//!         "trips": 1, "failure_rate": 0.7, "retry_after_ms": 1800, "capped": false
 //!       },
 //!       "escalated": false,
 //!       "blocks_readiness": false
@@ -62,7 +62,7 @@
 //!   ],
 //!   "keyed": [
 //!     {
-//!       "name": "hosts", "keys": 2, "rejecting": 1, "evicted": 0,
+//!       "name": "hosts", "keys": 2, "rejecting": 1, "capped": 0, "evicted": 0,
 //!       "shown": [{ "key": "Some(http://10.0.0.7:8080)", "breaker": { "name": "hosts", "...": "as above" } }]
 //!     }
 //!   ]
@@ -72,7 +72,9 @@
 //! `state` is one of `closed`, `open`, `half-open`, `forced-open`, `forced-closed`;
 //! `failure_rate` is `null` without a rate rule or with an empty window;
 //! `retry_after_ms` (whole milliseconds, rounded up) is `null` unless open with a
-//! known time; `keyed` lists the [keyed breakers](crate::keyed::KeyedSnapshot) (a
+//! known time; `capped` is true while an
+//! [`EjectionCap`](crate::breaker::EjectionCap) lets calls through the open breaker;
+//! `keyed` lists the [keyed breakers](crate::keyed::KeyedSnapshot) (a
 //! client's breakers per origin among them), up to their `snapshot_keys` keys each,
 //! and is left out when empty. The fields are those of
 //! [`HealthSnapshot`](crate::health::HealthSnapshot) and

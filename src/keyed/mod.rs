@@ -458,8 +458,12 @@ pub struct KeyedSnapshot {
     pub name: Arc<str>,
     /// Keys held now.
     pub keys: usize,
-    /// Keys whose breaker rejects calls now (open or forced open).
+    /// Keys whose breaker rejects calls now (open or forced open, and not let
+    /// through by an [`EjectionCap`](crate::breaker::EjectionCap)).
     pub rejecting: usize,
+    /// Keys whose breaker is open or half-open but let through by the template's
+    /// [`EjectionCap`](crate::breaker::EjectionCap); 0 without one.
+    pub capped: usize,
     /// Keys evicted so far (idle or at the cap).
     pub evicted: u64,
     /// Up to `snapshot_keys` keys: those not closed first, then the others.
@@ -540,13 +544,16 @@ where
     pub fn snapshot(&self) -> KeyedSnapshot {
         let inner = &*self.inner;
         let guard = Guard::new();
-        let (mut rejecting, mut shown, mut closed) = (0, Vec::new(), Vec::new());
+        let (mut rejecting, mut capped) = (0, 0);
+        let (mut shown, mut closed) = (Vec::new(), Vec::new());
         for (key, entry) in inner.map.iter(&guard) {
             let Some(breaker) = entry.breaker(&guard) else {
                 continue;
             };
             let state = breaker.state();
-            if state.is_rejecting() {
+            if breaker.is_capped() {
+                capped += 1;
+            } else if state.is_rejecting() {
                 rejecting += 1;
             }
             let list = if state == State::Closed {
@@ -567,6 +574,7 @@ where
             name: inner.name.clone(),
             keys: inner.len.load(Acquire),
             rejecting,
+            capped,
             evicted: inner.evicted.load(Relaxed),
             shown,
         }
