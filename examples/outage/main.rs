@@ -34,6 +34,7 @@
 //! files and the SVG chart go to `target/outage/` (`--out` to change it).
 
 mod contention;
+mod fleet;
 mod real;
 mod report;
 mod sim;
@@ -72,6 +73,28 @@ enum Scenario {
     /// The AWS "Exponential Backoff and Jitter" contention experiment: clients start
     /// together and compete for one write (optimistic concurrency); base 5 ms, cap 2 s.
     Contention(ContentionArgs),
+    /// A fleet: client processes over endpoints behind p2c, with an orchestrator that
+    /// follows each process's readiness; one fault at a time (simulated).
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, Args)]
+struct FleetArgs {
+    /// Client processes.
+    #[arg(long, default_value_t = 50)]
+    processes: usize,
+    /// Endpoints every process balances over.
+    #[arg(long, default_value_t = 20)]
+    endpoints: usize,
+    /// Requests a second per process (the fleet's total goes to processes in rotation).
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Seconds of the fault (10 s healthy before, 20 s healed after).
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    fault: f64,
+    /// Each process's ejection cap: the share of its endpoints that may be ejected.
+    #[arg(long, default_value_t = 0.1)]
+    max_ejected: f64,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +159,7 @@ fn main() -> Result<(), BoxError> {
     std::fs::create_dir_all(&cli.out)?;
     match &cli.scenario {
         Some(Scenario::Contention(args)) => contention(args, &cli),
+        Some(Scenario::Fleet(args)) => fleet(args, &cli),
         None => incident(&cli.incident, &cli),
     }
 }
@@ -256,5 +280,52 @@ fn contention(args: &ContentionArgs, cli: &Cli) -> Result<(), BoxError> {
     let path = cli.out.join("contention.csv");
     std::fs::write(&path, report::contention_csv(&rows))?;
     println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn fleet(args: &FleetArgs, cli: &Cli) -> Result<(), BoxError> {
+    let plan = fleet::FleetPlan {
+        processes: args.processes,
+        endpoints: args.endpoints,
+        rate: args.rate,
+        fault: Duration::try_from_secs_f64(args.fault)?,
+        max_ejected: args.max_ejected,
+        seed: cli.seed,
+        ..fleet::FleetPlan::default()
+    };
+    println!(
+        "Fleet (simulated, paused clock): {} processes x {} endpoints behind p2c, {} req/s \
+         per process; {:?} healthy, {:?} of fault, {:?} healed; ejection cap {}; seed {}\n",
+        plan.processes,
+        plan.endpoints,
+        plan.rate,
+        plan.healthy,
+        plan.fault,
+        plan.healed,
+        plan.max_ejected,
+        plan.seed
+    );
+    let mut rows = Vec::new();
+    for fault in fleet::Fault::ALL {
+        rows.push(fleet::simulate(&plan, fault)?);
+        if fault == fleet::Fault::HalfDead && plan.max_ejected < 0.5 {
+            let wider = fleet::FleetPlan {
+                max_ejected: 0.5,
+                ..plan.clone()
+            };
+            rows.push(fleet::simulate(&wider, fault)?);
+        }
+    }
+    println!("{}", report::fleet_table(&rows));
+    let path = cli.out.join("fleet.csv");
+    std::fs::write(&path, report::fleet_csv(&rows))?;
+    println!("wrote {}", path.display());
+    let chart = cli.out.join("fleet.svg");
+    let fault = (
+        plan.healthy.as_secs_f64(),
+        (plan.healthy + plan.fault).as_secs_f64(),
+    );
+    report::fleet_chart(&chart, &rows, fault, plan.processes).map_err(|e| e.to_string())?;
+    println!("wrote {}", chart.display());
     Ok(())
 }

@@ -11,6 +11,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::contention;
+use crate::fleet::FleetFigures;
 use crate::sim::{Answer, Condition, Figures, Kind, Phase, Run, Script, Second};
 use crate::stacks::StackKind;
 
@@ -640,4 +641,172 @@ pub fn ms(d: Duration) -> String {
 
 pub fn secs(d: Duration) -> String {
     format!("{:.3} s", d.as_secs_f64())
+}
+
+// --- the fleet --------------------------------------------------------------------------
+
+fn maybe_secs(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "never".to_owned(),
+        |d| format!("{:.1} s", d.as_secs_f64()),
+    )
+}
+
+pub fn fleet_table(rows: &[FleetFigures]) -> String {
+    let mut out = String::from(
+        "| fault | cap | success during fault | user calls to bad endpoints \
+         | after detection (of requests) | in the fault's 2nd half \
+         | probes/s to bad, fleet (per process) | ejected after | rejoined after \
+         | processes out, most |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0}% | {:.2}% | {} | {} ({:.3}%) | {} | {:.1} ({:.2}) | {} | {} | {} |",
+            r.fault.name(),
+            r.max_ejected * 100.0,
+            r.success_rate() * 100.0,
+            r.to_bad,
+            r.to_bad_after_detection,
+            r.bad_share_after_detection() * 100.0,
+            r.to_bad_late,
+            r.probes_to_bad,
+            r.probes_per_process,
+            maybe_secs(r.detected),
+            maybe_secs(r.rejoined),
+            r.out_of_rotation,
+        );
+    }
+    for r in rows
+        .iter()
+        .filter(|r| r.fault == crate::fleet::Fault::ClientNetwork)
+    {
+        let _ = writeln!(
+            out,
+            "\n{}: the orchestrator took the faulty process out {} after the fault began; \
+             breakers opened meanwhile in the other processes: {}.",
+            r.fault.name(),
+            maybe_secs(r.faulty_out),
+            r.healthy_trips
+        );
+    }
+    out
+}
+
+/// One small chart: its axis description, its top, its points.
+type Series<'a> = (&'a str, f64, Vec<(f64, f64)>);
+
+/// The fleet's chart: one row per run, what users got (success per second) and how
+/// many processes the orchestrator kept in rotation.
+pub fn fleet_chart(
+    path: &Path,
+    rows: &[FleetFigures],
+    fault: (f64, f64),
+    processes: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const ROW_H: i32 = 150;
+    let n = i32::try_from(rows.len().max(1))?;
+    let root = SVGBackend::new(path, (1_000, (60 + n * ROW_H) as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    root.draw(&Text::new(
+        "The fleet, fault by fault: what users got, and the processes in rotation",
+        (16, 12),
+        ("sans-serif", 20).into_font().style(FontStyle::Bold),
+    ))?;
+    let grid = root.margin(40, 10, 0, 10);
+    let areas = grid.split_evenly((rows.len().max(1), 2));
+    for (i, r) in rows.iter().enumerate() {
+        let end = r.timeline.len() as f64;
+        let title = format!("{}, cap {:.0}%", r.fault.name(), r.max_ejected * 100.0);
+        let panels: [Series; 2] = [
+            (
+                "succeeded (%)",
+                105.0,
+                r.timeline
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &(sent, ok, _))| {
+                        (
+                            t as f64 + 0.5,
+                            if sent == 0 {
+                                0.0
+                            } else {
+                                ok as f64 * 100.0 / sent as f64
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            (
+                "processes in rotation",
+                processes as f64 * 1.05,
+                r.timeline
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &(_, _, ready))| (t as f64 + 1.0, ready as f64))
+                    .collect(),
+            ),
+        ];
+        for (j, (desc, top, points)) in panels.into_iter().enumerate() {
+            let mut chart = ChartBuilder::on(&areas[i * 2 + j])
+                .caption(
+                    if j == 0 { title.clone() } else { String::new() },
+                    ("sans-serif", 14),
+                )
+                .margin(6)
+                .x_label_area_size(22)
+                .y_label_area_size(44)
+                .build_cartesian_2d(0.0..end, 0.0..top)?;
+            chart
+                .configure_mesh()
+                .x_desc("s")
+                .y_desc(desc)
+                .x_labels(8)
+                .y_labels(4)
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .y_label_formatter(&|v| format!("{v:.0}"))
+                .light_line_style(WHITE)
+                .draw()?;
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(fault.0, 0.0), (fault.1, top)],
+                RGBColor(0xEE, 0xEE, 0xEE).filled(),
+            )))?;
+            chart.draw_series(LineSeries::new(points, COLOURS[j].stroke_width(2)))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
+pub fn fleet_csv(rows: &[FleetFigures]) -> String {
+    let mut out = String::from(
+        "fault,max_ejected,requests,succeeded,no_process,to_bad,to_bad_after_detection,\
+         requests_after_detection,to_bad_late,probes_to_bad_per_s,probes_per_process_per_s,detected_s,\
+         rejoined_s,most_out,faulty_out_s,healthy_trips\n",
+    );
+    let s = |d: Option<Duration>| d.map_or(String::new(), |d| format!("{:.1}", d.as_secs_f64()));
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{:.2},{:.3},{},{},{},{},{}",
+            r.fault.name(),
+            r.max_ejected,
+            r.requests,
+            r.succeeded,
+            r.no_process,
+            r.to_bad,
+            r.to_bad_after_detection,
+            r.requests_after_detection,
+            r.to_bad_late,
+            r.probes_to_bad,
+            r.probes_per_process,
+            s(r.detected),
+            s(r.rejoined),
+            r.out_of_rotation,
+            s(r.faulty_out),
+            r.healthy_trips
+        );
+    }
+    out
 }
