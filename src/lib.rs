@@ -15,6 +15,7 @@
 //! | is overloaded, answering some calls | [`breaker`]'s [adaptive throttling](breaker::BreakerBuilder::adaptive_throttling) | sheds the calls it cannot take, keeps the rest flowing |
 //! | is slow | a timeout (tower's), and a breaker's [`slow_calls`](breaker::BreakerBuilder::slow_calls) rule | bounds each attempt; opens when too many calls are slow |
 //! | is one bad host of several | [`keyed`] breakers, or a breaker per endpoint with [`Readiness::Wait`](breaker::Readiness::Wait) behind a balancer | takes that host out, keeps the others |
+//! | looks bad on most hosts at once | an [`EjectionCap`](breaker::EjectionCap) over the endpoints' breakers, and [`Health::register_endpoints`](health::Health::register_endpoints) | never ejects more than a share of them; takes the process out of rotation if it reaches none (its own network) |
 //! | keeps failing, again and again | the watchdog's [`max_trips`](watchdog::WatchdogBuilder::max_trips) and [`health`] | reports the service not ready instead of crashing it |
 //!
 //! With the `http` feature, [`http`] adds HTTP classifiers, `Retry-After`, retries of

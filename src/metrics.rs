@@ -31,8 +31,10 @@
 //! | `steadfast_breaker_failure_rate` | gauge | | failures / calls in the current window (absent without a rate rule) |
 //! | `steadfast_breaker_retry_after_seconds` | gauge | | while rejecting, when a call could next go through; 0 otherwise |
 //! | `steadfast_breaker_escalated` | gauge | | 1 while a watchdog reports the dependency escalated |
+//! | `steadfast_breaker_capped` | gauge | | 1 while an [`EjectionCap`](crate::breaker::EjectionCap) lets calls through the open breaker |
 //! | `steadfast_keyed_keys` | gauge | | keys a keyed breaker holds ([`record_keyed`]) |
 //! | `steadfast_keyed_rejecting` | gauge | | its keys whose breaker rejects calls |
+//! | `steadfast_keyed_capped` | gauge | | its keys open but let through by an ejection cap |
 //! | `steadfast_keyed_evictions_total` | counter | | its keys evicted (idle or at the cap) |
 //! | `steadfast_retry_retries_total` | counter | `policy` | retries made, counted as they are decided |
 //! | `steadfast_retry_refused_total` | counter | `policy`, `reason`: `budget`, `max_elapsed`, `no_runtime` | retries a policy wanted and did not make |
@@ -91,7 +93,9 @@ pub fn record(breaker: &Breaker) {
     let after = s.retry_after.map_or(0.0, |d| d.as_secs_f64());
     gauge!("steadfast_breaker_retry_after_seconds", "breaker" => name.clone()).set(after);
     let escalated = if breaker.is_escalated() { 1.0 } else { 0.0 };
-    gauge!("steadfast_breaker_escalated", "breaker" => name).set(escalated);
+    gauge!("steadfast_breaker_escalated", "breaker" => name.clone()).set(escalated);
+    let capped = if s.capped { 1.0 } else { 0.0 };
+    gauge!("steadfast_breaker_capped", "breaker" => name).set(capped);
 }
 
 /// Records a keyed breaker's figures: keys held, keys rejecting, keys evicted (labelled
@@ -100,6 +104,7 @@ pub fn record_keyed(keyed: &KeyedSnapshot) {
     let name = keyed.name.to_string();
     gauge!("steadfast_keyed_keys", "breaker" => name.clone()).set(keyed.keys as f64);
     gauge!("steadfast_keyed_rejecting", "breaker" => name.clone()).set(keyed.rejecting as f64);
+    gauge!("steadfast_keyed_capped", "breaker" => name.clone()).set(keyed.capped as f64);
     counter!("steadfast_keyed_evictions_total", "breaker" => name).absolute(keyed.evicted);
 }
 

@@ -386,3 +386,45 @@ async fn shed_slow_failure_rate_rejecting_and_max_elapsed_are_reported() {
     );
     assert!(s.value("steadfast_retry_retries_total", &[p]).is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ejection_cap_letting_calls_through_is_reported() {
+    use steadfast::breaker::EjectionCap;
+    use steadfast::keyed::KeyedBreaker;
+    let _serial = serial().await;
+    snapshotter();
+    // Two keys of a capped keyed breaker open; the cap lets one reject.
+    let cap = EjectionCap::new(0.5).unwrap();
+    let hosts = KeyedBreaker::builder(
+        Breaker::builder("metrics-capped-hosts")
+            .consecutive_failures(1)
+            .ejection_cap(&cap),
+    )
+    .build()
+    .unwrap();
+    let health = Health::new();
+    health.register_keyed(&hosts);
+    let mut svc = hosts
+        .layer(|host: &&'static str| host.to_string())
+        .layer(tower::service_fn(|_: &'static str| async {
+            Err::<(), _>("refused")
+        }));
+    for host in ["a", "b"] {
+        let _ = svc.ready().await.unwrap().call(host).await;
+    }
+    health.record_metrics();
+    let a = hosts.get(&"a".to_string()).unwrap();
+    let b = hosts.get(&"b".to_string()).unwrap();
+    steadfast::metrics::record(&a);
+    steadfast::metrics::record(&b);
+    let s = snap();
+    let k = ("breaker", "metrics-capped-hosts");
+    assert_eq!(s.gauge("steadfast_keyed_capped", &[k]), 1.0);
+    assert_eq!(s.gauge("steadfast_keyed_rejecting", &[k]), 1.0);
+    // Both keys' breakers share the name; the last recorded (b, the one rejecting)
+    // wins the series.
+    assert!(a.is_capped() && !b.is_capped());
+    assert_eq!(s.gauge("steadfast_breaker_capped", &[k]), 0.0);
+    steadfast::metrics::record(&a);
+    assert_eq!(snap().gauge("steadfast_breaker_capped", &[k]), 1.0);
+}

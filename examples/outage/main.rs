@@ -5,6 +5,7 @@
 //! cargo run --release --example outage                # the incident, simulated
 //! cargo run --release --example outage -- --help
 //! cargo run --release --example outage -- contention  # the AWS jitter experiment
+//! cargo run --release --example outage -- fleet       # many processes, many endpoints
 //! cargo run --release --example outage -- --real      # the incident on loopback HTTP
 //! ```
 //!

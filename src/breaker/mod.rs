@@ -21,6 +21,10 @@
 //!   failure opens it again, for longer.
 //! - **ForcedOpen** / **ForcedClosed**: set by hand, held until [`Breaker::reset`].
 //!
+//! A breaker can be one of a set (the endpoints of a balancer) sharing an
+//! [`EjectionCap`]: at most a share of the set rejects at once, and the other open
+//! breakers let calls through.
+//!
 //! Each transition emits one `tracing` event (target `steadfast::breaker`, fields
 //! `breaker`, `from`, `to`, `reason`) and one update on [`Breaker::subscribe`].
 //!

@@ -90,7 +90,10 @@
 //! known endpoints, give each endpoint its own service with
 //! [`KeyedBreaker::layer_for`] and a template built with
 //! [`Readiness::Wait`](crate::breaker::Readiness::Wait): an endpoint whose breaker is
-//! open is then not ready, and the balancer routes around it.
+//! open is then not ready, and the balancer routes around it. Give the template an
+//! [`EjectionCap`](crate::breaker::EjectionCap) too, and at most a share of the
+//! endpoints are ever out at once: when most look bad, the fault is likelier the
+//! caller's own, and the balancer keeps endpoints to route to.
 
 use std::fmt;
 use std::hash::Hash;
