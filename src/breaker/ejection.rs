@@ -332,3 +332,61 @@ impl fmt::Debug for Member {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(cap: &EjectionCap) -> Member {
+        cap.join(Arc::new(Notify::new()), false)
+    }
+
+    #[test]
+    fn limit_rounds_down_and_is_at_least_one() {
+        let cap = EjectionCap::new(0.25).unwrap();
+        let limits: Vec<usize> = [0, 1, 3, 4, 7, 8, 100]
+            .iter()
+            .map(|&n| cap.group.limit(n))
+            .collect();
+        assert_eq!(limits, [1, 1, 1, 1, 1, 2, 25]);
+        assert_eq!(EjectionCap::new(1.0).unwrap().group.limit(7), 7);
+    }
+
+    #[test]
+    fn half_open_keeps_its_place_and_reopening_moves_to_the_back() {
+        let cap = EjectionCap::new(0.5).unwrap();
+        let m: Vec<Member> = (0..4).map(|_| member(&cap)).collect();
+        // Open in order 0, 1, 2: limit 2, so 0 is let through.
+        for member in &m[..3] {
+            member.set(true, true);
+        }
+        let through = |m: &[Member]| m.iter().map(Member::let_through).collect::<Vec<_>>();
+        assert_eq!(through(&m), [true, false, false, false]);
+        // 0 goes half-open: same place.
+        m[0].set(true, false);
+        assert_eq!(through(&m), [true, false, false, false]);
+        // 0 opens again: now the most recent, and 1 is let through.
+        m[0].set(true, true);
+        assert_eq!(through(&m), [false, true, false, false]);
+        // 2 closes: two open, none let through.
+        m[2].set(false, false);
+        assert_eq!(through(&m), [false, false, false, false]);
+        assert!(!cap.is_holding());
+    }
+
+    #[test]
+    fn a_member_that_left_is_never_counted_again() {
+        let cap = EjectionCap::new(0.5).unwrap();
+        let (a, b) = (member(&cap), member(&cap));
+        a.set(true, true);
+        a.leave();
+        a.set(true, true);
+        assert_eq!(cap.snapshot().members, 1);
+        assert_eq!(cap.snapshot().open, 0);
+        assert!(!a.let_through());
+        drop(b);
+        assert_eq!(cap.snapshot().members, 0);
+        drop(a);
+        assert_eq!(cap.snapshot().members, 0);
+    }
+}
