@@ -400,6 +400,7 @@ macro_rules! rows {
         // The paths real traffic takes: 1% and 10% of calls failing.
         for (pct, every) in [("1pct", 100), ("10pct", 10)] {
             let id = |row: &str| format!("{row}_{pct}");
+            $bench($group, $rt, &id("bare"), support::failing(every));
             $bench(
                 $group,
                 $rt,

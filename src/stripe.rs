@@ -223,6 +223,18 @@ pub(crate) fn live_count(counter: &AtomicU64, tick: u64, span: u64) -> u64 {
     }
 }
 
+/// The count of a stamped counter if its stamp is exactly `age` ticks before `tick`,
+/// else 0.
+#[inline]
+pub(crate) fn count_aged(counter: &AtomicU64, tick: u64, age: u64) -> u64 {
+    let v = counter.load(Relaxed);
+    if stamp(tick).wrapping_sub(v >> COUNT_BITS) & STAMP_MASK == age {
+        v & COUNT_MASK
+    } else {
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

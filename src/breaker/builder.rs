@@ -273,8 +273,13 @@ impl BreakerBuilder {
         self
     }
 
-    /// Rate rules count the last `n` calls, exactly (1 to 100,000; default 100).
-    /// Cannot be combined with [`time_window`](Self::time_window).
+    /// Rate rules count the last `n` calls (1 to 100,000; default 100). Cannot be
+    /// combined with [`time_window`](Self::time_window).
+    ///
+    /// Exactly the last `n` calls while one thread calls. Threads calling at once take
+    /// their positions in the window `n / 16` at a time (1 to 64), so that they do not
+    /// meet on one counter on every call: the window then holds `n` calls from among
+    /// the last `n + (n / 16 - 1) * (threads - 1)`.
     pub fn count_window(mut self, n: u32) -> Self {
         self.count_window = Some(n);
         self

@@ -647,7 +647,7 @@ impl Shared {
                     Some(Window::Time(w)) if closed() => {
                         w.record_success(if TIMED { end } else { None }, slot);
                     }
-                    Some(Window::Count(w)) if closed() => w.record_success(),
+                    Some(Window::Count(w)) if closed() => w.record_success(slot),
                     _ => {}
                 }
             }
@@ -686,7 +686,7 @@ impl Shared {
         let mut tick = 0;
         let totals = match &self.window {
             None => None,
-            Some(Window::Count(w)) => w.record(failed, slow),
+            Some(Window::Count(w)) => w.record(failed, slow, slot),
             Some(Window::Time(w)) => {
                 tick = w.current_tick(end);
                 w.record(failed, slow, tick, slot)

@@ -1,9 +1,13 @@
 //! The sliding windows behind the rate rules. Both are lock-free and O(1) per call.
 //!
-//! A [`CountWindow`] holds exactly the last `size` counted calls: a ring of bits in
-//! which each call swaps its own bit into the slot of the call `size` places before it,
-//! so the failure count always equals the number of failure bits in the ring, whatever
-//! the interleaving of threads.
+//! A [`CountWindow`] holds the last `size` counted calls: a ring of bits in which each
+//! call swaps its own bit into the slot of the call `size` places before it, so the
+//! failure count always equals the number of failure bits in the ring, whatever the
+//! interleaving of threads. Once the window is full, a thread takes its positions in
+//! blocks of `size / 16` (1 to 64) from the shared counter: for one thread the window
+//! is exactly its last `size` calls; with several, it holds `size` calls from among
+//! the last `size + (block - 1) * (threads - 1)`, as each thread's unused positions
+//! keep the calls of a lap before.
 //!
 //! A [`TimeWindow`] holds the calls of the last `T` in ten buckets of `T / 10` each.
 //! Every bucket counter packs the bucket's tick with its count in one `AtomicU64`, so a
@@ -11,7 +15,7 @@
 //! calls are kept per thread. Memory is fixed whatever the call rate.
 
 use std::cell::Cell;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::task::AbortHandle;
@@ -19,8 +23,9 @@ use tokio::time::Instant;
 
 use super::local::with_local;
 use crate::nanos::{nanos, nanos_since};
-use crate::stripe::{bump_stamped, live_count, parallelism, stamp, stripe_of};
+use crate::stripe::{bump_stamped, count_aged, parallelism, stamp, stripe_of};
 use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use crate::sync::Mutex;
 
 /// Calls, failures and slow calls currently in a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,11 +53,37 @@ impl<T> std::ops::Deref for CachePadded<T> {
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     size: u64,
+    /// Positions handed out so far (the window holds the last `size` of them).
     pos: CachePadded<AtomicU64>,
     fail_bits: Box<[AtomicU64]>,
     slow_bits: Option<Box<[AtomicU64]>>,
     failures: AtomicI64,
     slow: AtomicI64,
+    /// Positions a thread takes at once from `pos` once the window is full, and each
+    /// thread slot's block; none for windows too small to share out.
+    block: u64,
+    blocks: Box<[CachePadded<Block>]>,
+    /// Changed by every reset: blocks taken before it are void.
+    generation: AtomicU64,
+}
+
+/// Positions of a full count window taken by one thread at once: with failures in the
+/// window every call takes a position, and taking each one from the shared counter
+/// moved its cache line between cores on every call. Only the thread owning the slot
+/// reads or writes it.
+#[derive(Debug, Default)]
+struct Block {
+    /// The index in the window of the block's next position.
+    index: AtomicU64,
+    /// Positions of the block not yet used.
+    left: AtomicU64,
+    /// The window's `generation` when the block was taken.
+    generation: AtomicU64,
+}
+
+/// The positions in a block: a sixteenth of the window, 1 to 64 (1: no blocks).
+fn block_size(size: u64) -> u64 {
+    (size / 16).clamp(1, 64)
 }
 
 fn bits(size: u32) -> Box<[AtomicU64]> {
@@ -76,14 +107,65 @@ fn put_bit(word: &AtomicU64, bit: u64, set: bool) -> i64 {
 
 impl CountWindow {
     pub(crate) fn new(size: u32, track_slow: bool) -> Self {
+        let size = u64::from(size.max(1));
+        let block = block_size(size);
+        let blocks = if block > 1 {
+            (parallelism() * 2).clamp(8, 128)
+        } else {
+            0
+        };
         Self {
-            size: u64::from(size.max(1)),
+            size,
             pos: CachePadded(AtomicU64::new(0)),
-            fail_bits: bits(size),
-            slow_bits: track_slow.then(|| bits(size)),
+            fail_bits: bits(size as u32),
+            slow_bits: track_slow.then(|| bits(size as u32)),
             failures: AtomicI64::new(0),
             slow: AtomicI64::new(0),
+            block,
+            blocks: (0..blocks).map(|_| CachePadded::default()).collect(),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// The index in the window of a new call's position, for the thread in `slot`:
+    /// from the thread's block once the window is full, else (or for a thread without
+    /// a block of its own) straight from the shared counter.
+    #[inline]
+    fn take_index(&self, slot: usize) -> u64 {
+        if let Some(block) = self.blocks.get(slot) {
+            let generation = self.generation.load(Relaxed);
+            let left = block.left.load(Relaxed);
+            if left > 0 && block.generation.load(Relaxed) == generation {
+                let index = block.index.load(Relaxed);
+                block.left.store(left - 1, Relaxed);
+                let next = index + 1;
+                block
+                    .index
+                    .store(if next == self.size { 0 } else { next }, Relaxed);
+                return index;
+            }
+            if self.pos.load(Relaxed) >= self.size {
+                return self.take_block(block, generation);
+            }
+        }
+        self.pos.fetch_add(1, Relaxed) % self.size
+    }
+
+    /// Takes a block for a thread whose block is used up (or void): its first index.
+    /// Until this thread's calls fill them, the block's other positions keep the
+    /// calls of a lap before: for one thread, the window is still exactly its last
+    /// `size` calls.
+    #[cold]
+    #[inline(never)]
+    fn take_block(&self, block: &Block, generation: u64) -> u64 {
+        let start = self.pos.fetch_add(self.block, Relaxed) % self.size;
+        let next = start + 1;
+        block
+            .index
+            .store(if next == self.size { 0 } else { next }, Relaxed);
+        block.left.store(self.block - 1, Relaxed);
+        block.generation.store(generation, Relaxed);
+        start
     }
 
     /// Records one counted call; returns the totals when the call could trip a rule
@@ -91,9 +173,9 @@ impl CountWindow {
     /// while the window fills or holds a failure or a slow call (see
     /// [`record_success`](Self::record_success)).
     #[inline(never)]
-    pub(crate) fn record(&self, failed: bool, slow: bool) -> Option<Totals> {
-        let slot = self.pos.fetch_add(1, Relaxed) % self.size;
-        let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+    pub(crate) fn record(&self, failed: bool, slow: bool, slot: usize) -> Option<Totals> {
+        let index = self.take_index(slot);
+        let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
         let delta = put_bit(&self.fail_bits[word], bit, failed);
         if delta != 0 {
             self.failures.fetch_add(delta, Relaxed);
@@ -115,14 +197,14 @@ impl CountWindow {
     /// line moves between threads. Racing a failure or a slow call, such a success
     /// counts as the older of the two.
     #[inline(always)]
-    pub(crate) fn record_success(&self) {
+    pub(crate) fn record_success(&self, slot: usize) {
         if (self.slow_bits.is_none() || self.slow.load(Relaxed) == 0)
             && self.failures.load(Relaxed) == 0
             && self.pos.load(Relaxed) >= self.size
         {
             return;
         }
-        self.record(false, false);
+        self.record(false, false, slot);
     }
 
     /// [`totals`](Self::totals) read with read-modify-writes, which see the latest
@@ -151,6 +233,7 @@ impl CountWindow {
     }
 
     pub(crate) fn reset(&self) {
+        self.generation.fetch_add(1, Relaxed);
         self.pos.store(0, Relaxed);
         let slow = self.slow_bits.iter().flat_map(|b| b.iter());
         for word in self.fail_bits.iter().chain(slow) {
@@ -223,10 +306,47 @@ pub(crate) struct TimeWindow {
     slow: CachePadded<Ring>,
     /// Calls shed by adaptive throttling, per bucket.
     shed: CachePadded<Ring>,
+    /// The totals of the buckets before the current tick, summed once per tick.
+    sealed: Mutex<Option<Sealed>>,
     /// The window's coarse clock, and the task that advances it (aborted with the
     /// window).
     coarse: Arc<Coarse>,
     ticker: Option<AbortHandle>,
+}
+
+/// The totals of a time window's buckets from two ticks before `tick` back: over the
+/// window (`BUCKETS - 2` buckets) and over the span adaptive throttling counts
+/// (`KEPT - 2`). A failure needs the window's totals, and summing every thread's stripe
+/// over every bucket cost thousands of instructions (more with more cores); those
+/// buckets are summed once per tick instead, and each failure sums only the last two
+/// ticks' buckets over the stripes. The tick before the current one stays live because
+/// calls still land in it after the boundary: a coarse clock may lag the real one by
+/// up to a tick (see [`Coarse`]), and a call's tick is read before it is counted.
+///
+/// A call counted more than a tick late (its thread descheduled for longer than a
+/// bucket between reading its tick and counting) is left out of the rules until the
+/// next tick's seal. Snapshots read the same totals.
+#[derive(Debug, Clone, Copy)]
+struct Sealed {
+    tick: u64,
+    window: Totals,
+    kept: Totals,
+}
+
+/// The buckets summed on every failure rather than sealed: the current tick's and the
+/// one before.
+const LIVE: u64 = 2;
+
+impl std::ops::Add for Totals {
+    type Output = Totals;
+    fn add(self, other: Totals) -> Totals {
+        Totals {
+            calls: self.calls + other.calls,
+            failures: self.failures + other.failures,
+            slow: self.slow + other.slow,
+            shed: self.shed + other.shed,
+        }
+    }
 }
 
 /// A time window's coarse clock: the current tick, published by a task on the tokio
@@ -358,6 +478,7 @@ impl TimeWindow {
             failures: CachePadded::default(),
             slow: CachePadded::default(),
             shed: CachePadded::default(),
+            sealed: Mutex::new(None),
             coarse,
             ticker,
         }
@@ -544,18 +665,56 @@ impl TimeWindow {
     }
 
     fn totals_over(&self, tick: u64, span: u64) -> Totals {
-        let sum = |ring: &Ring| ring.iter().map(|c| live_count(c, tick, span)).sum::<u64>();
-        Totals {
-            calls: self.calls.iter().map(|s| sum(&s.ring)).sum(),
-            failures: sum(&self.failures),
-            slow: sum(&self.slow),
-            shed: sum(&self.shed),
+        self.past(tick, span) + self.sum_ages(tick, 0..LIVE)
+    }
+
+    /// The totals of the buckets from `LIVE` ticks before `tick` to `span - 1`
+    /// before it: from the seal of `tick`,
+    /// made now if there is none yet; summed here when another thread holds the seal,
+    /// or for a tick older than the one sealed (a call that ended a tick ago).
+    fn past(&self, tick: u64, span: u64) -> Totals {
+        let pick = |s: &Sealed| if span == BUCKETS { s.window } else { s.kept };
+        if let Ok(mut sealed) = self.sealed.try_lock() {
+            match *sealed {
+                Some(s) if s.tick == tick => return pick(&s),
+                Some(s) if s.tick > tick => {}
+                _ => {
+                    let s = Sealed {
+                        tick,
+                        window: self.sum_ages(tick, LIVE..BUCKETS),
+                        kept: self.sum_ages(tick, LIVE..KEPT),
+                    };
+                    *sealed = Some(s);
+                    return pick(&s);
+                }
+            }
         }
+        self.sum_ages(tick, LIVE..span)
+    }
+
+    /// The totals of the buckets `ages` ticks before `tick` (0: `tick`'s own).
+    fn sum_ages(&self, tick: u64, ages: std::ops::Range<u64>) -> Totals {
+        let mut totals = Totals::default();
+        for age in ages {
+            // Where `record` put the count of `tick - age` (stamps wrap, and so do
+            // ticks before the first).
+            let bucket = (stamp(tick.wrapping_sub(age)) % KEPT) as usize;
+            let count = |ring: &Ring| count_aged(&ring[bucket], tick, age);
+            totals.calls += self.calls.iter().map(|s| count(&s.ring)).sum::<u64>();
+            totals.failures += count(&self.failures);
+            totals.slow += count(&self.slow);
+            totals.shed += count(&self.shed);
+        }
+        totals
     }
 
     /// Empties the window. A call recorded at the same moment by a thread into its own
     /// ring may survive the reset: at most one call per thread from before it.
     pub(crate) fn reset(&self) {
+        // Held while the rings are emptied: no seal of the old counts can be filed
+        // after it.
+        let mut sealed = self.sealed.lock().unwrap_or_else(PoisonError::into_inner);
+        *sealed = None;
         let rings = self.calls.iter().map(|s| &s.0.ring);
         for ring in rings.chain([&self.failures.0, &self.slow.0, &self.shed.0]) {
             for c in ring {
@@ -590,73 +749,127 @@ fn due(stripe: &Stripe, owned: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stripe::SATURATED;
+    use crate::stripe::{live_count, SATURATED};
+
+    /// Slots with a block of their own (0) and without (`usize::MAX`): for one
+    /// thread, both are exact.
+    const SLOTS: [usize; 2] = [0, usize::MAX];
 
     #[test]
     fn count_window_holds_exactly_the_last_n() {
-        let w = CountWindow::new(10, false);
-        for _ in 0..1000 {
-            assert_eq!(w.record(false, false), None);
+        for (size, slot) in [10, 100, 1000]
+            .into_iter()
+            .flat_map(|n| SLOTS.map(|s| (n, s)))
+        {
+            let w = CountWindow::new(size, false);
+            for _ in 0..1000 {
+                assert_eq!(w.record(false, false, slot), None);
+            }
+            for i in 1..=u64::from(size) {
+                let t = w.record(true, false, slot).unwrap();
+                assert_eq!((t.calls, t.failures), (u64::from(size), i));
+            }
+            // `size` successes push every failure out again, one by one.
+            for i in 1..=u64::from(size) {
+                w.record(false, false, slot);
+                assert_eq!(w.totals().failures, u64::from(size) - i);
+            }
         }
-        for i in 1..=10 {
-            let t = w.record(true, false).unwrap();
-            assert_eq!((t.calls, t.failures), (10, i));
+    }
+
+    #[test]
+    fn threads_share_a_full_window_in_blocks() {
+        let w = CountWindow::new(160, false);
+        assert_eq!(w.block, 10);
+        for _ in 0..160 {
+            w.record(false, false, 0);
         }
-        // Ten successes push every failure out again.
-        for _ in 0..10 {
-            w.record(false, false);
+        // A thread takes ten positions at once from the shared counter.
+        let pos = w.pos.load(Relaxed);
+        w.record(false, false, 0);
+        assert_eq!(w.pos.load(Relaxed), pos + 10);
+        for _ in 0..9 {
+            w.record(false, false, 0);
         }
-        assert_eq!(w.totals().failures, 0);
+        assert_eq!(w.pos.load(Relaxed), pos + 10);
+        // Two threads in turn, each failing every call: the window holds 160 calls
+        // from among the last 160 + 9 (a block's worth of the other thread's, less
+        // one).
+        let pos = w.pos.load(Relaxed);
+        for i in 0..400 {
+            let t = w.record(true, false, i % 2).unwrap();
+            let made = i as u64 + 1;
+            assert!(t.failures <= made.min(160), "{t:?} after {made}");
+            assert!(t.failures + 9 >= made.min(160), "{t:?} after {made}");
+        }
+        assert_eq!(w.pos.load(Relaxed) - pos, 400);
+        assert_eq!(w.totals().failures, 160);
+        // A reset voids the blocks: the window fills from empty, one position a call.
+        w.reset();
+        w.record(true, false, 0);
+        w.record(false, false, 1);
+        assert_eq!(
+            w.totals(),
+            Totals {
+                calls: 2,
+                failures: 1,
+                ..Totals::default()
+            }
+        );
     }
 
     #[test]
     fn successes_into_a_full_clean_window_take_no_position_and_still_slide() {
-        let w = CountWindow::new(10, false);
-        // Filling up: every success counts toward `calls`.
-        for i in 1..=10 {
-            w.record_success();
-            assert_eq!(w.totals().calls, i.min(10));
+        for slot in SLOTS {
+            let w = CountWindow::new(10, false);
+            // Filling up: every success counts toward `calls`.
+            for i in 1..=10 {
+                w.record_success(slot);
+                assert_eq!(w.totals().calls, i.min(10));
+            }
+            for _ in 0..1000 {
+                w.record_success(slot);
+            }
+            assert_eq!(
+                w.pos.load(Relaxed),
+                10,
+                "a clean full window takes no position"
+            );
+            let t = w.record(true, false, slot).unwrap();
+            assert_eq!((t.calls, t.failures), (10, 1));
+            // With a failure inside, successes take positions again: the failure leaves
+            // after exactly ten more calls, not one sooner.
+            for _ in 0..9 {
+                w.record_success(slot);
+                assert_eq!(w.totals().failures, 1);
+            }
+            w.record_success(slot);
+            assert_eq!(w.totals().failures, 0);
+            let pos = w.pos.load(Relaxed);
+            w.record_success(slot);
+            assert_eq!(w.pos.load(Relaxed), pos);
+            // After a reset the window fills up again from empty.
+            w.reset();
+            w.record_success(slot);
+            assert_eq!(w.totals().calls, 1);
         }
-        for _ in 0..1000 {
-            w.record_success();
-        }
-        assert_eq!(
-            w.pos.load(Relaxed),
-            10,
-            "a clean full window takes no position"
-        );
-        let t = w.record(true, false).unwrap();
-        assert_eq!((t.calls, t.failures), (10, 1));
-        // With a failure inside, successes take positions again: the failure leaves
-        // after exactly ten more calls, not one sooner.
-        for _ in 0..9 {
-            w.record_success();
-            assert_eq!(w.totals().failures, 1);
-        }
-        w.record_success();
-        assert_eq!(w.totals().failures, 0);
-        let pos = w.pos.load(Relaxed);
-        w.record_success();
-        assert_eq!(w.pos.load(Relaxed), pos);
-        // After a reset the window fills up again from empty.
-        w.reset();
-        w.record_success();
-        assert_eq!(w.totals().calls, 1);
     }
 
     #[test]
     fn count_window_spans_words() {
-        let w = CountWindow::new(130, true);
-        for i in 0..400u64 {
-            w.record(i % 3 == 0, i % 5 == 0);
+        for slot in SLOTS {
+            let w = CountWindow::new(130, true);
+            for i in 0..400u64 {
+                w.record(i % 3 == 0, i % 5 == 0, slot);
+            }
+            let t = w.totals();
+            // The last 130 of 0..400 are 270..400.
+            let failures = (270..400u64).filter(|i| i % 3 == 0).count() as u64;
+            let slow = (270..400u64).filter(|i| i % 5 == 0).count() as u64;
+            assert_eq!((t.calls, t.failures, t.slow), (130, failures, slow));
+            w.reset();
+            assert_eq!(w.totals(), Totals::default());
         }
-        let t = w.totals();
-        // The last 130 of 0..400 are 270..400.
-        let failures = (270..400u64).filter(|i| i % 3 == 0).count() as u64;
-        let slow = (270..400u64).filter(|i| i % 5 == 0).count() as u64;
-        assert_eq!((t.calls, t.failures, t.slow), (130, failures, slow));
-        w.reset();
-        assert_eq!(w.totals(), Totals::default());
     }
 
     #[test]
@@ -672,6 +885,35 @@ mod tests {
         // Recycling a bucket drops its old counts.
         let t = w.record(true, false, w.tick(20 * sec + 1), 0).unwrap();
         assert_eq!((t.calls, t.failures), (1, 1));
+    }
+
+    #[test]
+    fn sealed_totals_are_the_sums_of_every_bucket() {
+        let w = TimeWindow::new(Duration::from_secs(10), Instant::now(), false);
+        // Every bucket summed afresh, as totals were before the seal.
+        let brute = |tick: u64, span: u64| w.sum_ages(tick, 0..span);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut tick = 0;
+        for _ in 0..2_000 {
+            tick += rng.u64(0..3);
+            let slot = rng.usize(0..w.calls.len() + 2);
+            // Calls land in their own tick, now and then in the one before.
+            let at = tick.saturating_sub(u64::from(rng.u8(..) < 20));
+            let failed = rng.bool();
+            let slow = rng.u8(..) < 30;
+            if let Some(t) = w.record(failed, slow, at, slot) {
+                assert_eq!(t, brute(at, BUCKETS), "at {at}");
+            }
+            if rng.u8(..) < 10 {
+                w.record_shed(tick);
+            }
+            assert_eq!(w.totals(tick), brute(tick, BUCKETS), "tick {tick}");
+            assert_eq!(w.throttle_totals(tick), brute(tick, KEPT), "tick {tick}");
+        }
+        // A reset drops the seal with the counts.
+        w.reset();
+        assert_eq!(w.totals(tick), Totals::default());
+        assert_eq!(w.throttle_totals(tick), Totals::default());
     }
 
     #[test]
