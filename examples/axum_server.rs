@@ -31,7 +31,6 @@
 //! `tracing` events. It runs for real (real sockets, real time, about 5 s): timings
 //! vary by a few milliseconds from run to run.
 
-use std::fmt;
 use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
@@ -54,7 +53,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+#[path = "support/events.rs"]
+mod events;
+use events::stamp;
 
 /// Time between watchdog probes while they pass.
 const PROBE: Duration = Duration::from_millis(200);
@@ -67,17 +69,10 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Real seconds since `start`, for timestamps.
-fn stamp(start: Instant) -> String {
-    format!("{:5.2}s", start.elapsed().as_secs_f64())
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
     let start = Instant::now();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::registry().with(EventPrinter { start }),
-    )?;
+    events::print_from(start)?;
     let inventory = Server::start("127.0.0.1:0".parse()?, inventory_app()).await?;
     let inventory_addr = inventory.addr;
     let inventory_uri = format!("http://{inventory_addr}");
@@ -281,64 +276,6 @@ impl Server {
         match timeout(Duration::from_secs(2), self.task).await {
             Ok(joined) => joined.map_err(io::Error::other)?,
             Err(_) => Err(io::Error::other("server did not stop in 2s")),
-        }
-    }
-}
-
-/// Prints breaker transitions and the watchdog's escalations as they happen, from
-/// their `tracing` events (targets `steadfast::breaker` and `steadfast::watchdog`).
-struct EventPrinter {
-    start: Instant,
-}
-
-impl<S: tracing::Subscriber> Layer<S> for EventPrinter {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        let meta = event.metadata();
-        let mut f = Fields::default();
-        match meta.target() {
-            "steadfast::breaker" => {
-                event.record(&mut f);
-                let (name, from, to, why) = (f.breaker, f.from, f.to, f.reason);
-                println!(
-                    "{}  breaker `{name}` {from} -> {to} ({why})",
-                    stamp(self.start)
-                );
-            }
-            // Escalation (error) and its clearing (info); not each failed probe (debug).
-            "steadfast::watchdog" if *meta.level() <= tracing::Level::INFO => {
-                event.record(&mut f);
-                println!("{}  watchdog: {}", stamp(self.start), f.message);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// The fields of an event the printer uses.
-#[derive(Default)]
-struct Fields {
-    breaker: String,
-    from: String,
-    to: String,
-    reason: String,
-    message: String,
-}
-
-impl tracing::field::Visit for Fields {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        let slot = match field.name() {
-            "breaker" => &mut self.breaker,
-            "from" => &mut self.from,
-            "to" => &mut self.to,
-            "reason" => &mut self.reason,
-            _ => return,
-        };
-        *slot = value.to_owned();
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            self.message = format!("{value:?}");
         }
     }
 }

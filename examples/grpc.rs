@@ -45,7 +45,6 @@
 //! `steadfast::retry`), printed by a small `tracing_subscriber` layer.
 
 use std::convert::Infallible;
-use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -74,7 +73,10 @@ use tonic::{Code, Status};
 use tonic_health::server::HealthReporter;
 use tonic_prost::ProstCodec;
 use tower::{Service, ServiceBuilder};
-use tracing_subscriber::layer::{Layer, SubscriberExt};
+
+#[path = "support/events.rs"]
+mod events;
+use events::stamp;
 
 // ---------------------------------------------------------------------------------
 // demo.Prices, by hand
@@ -325,11 +327,6 @@ fn channel(addr: SocketAddr) -> Result<Channel, BoxError> {
     Ok(Channel::from_shared(format!("http://{addr}"))?.connect_lazy())
 }
 
-/// Seconds since `start`, for timestamps.
-fn stamp(start: Instant) -> String {
-    format!("{:5.2}s", start.elapsed().as_secs_f64())
-}
-
 fn phase(start: Instant, what: &str) {
     println!("{}  ---- {what}", stamp(start));
 }
@@ -341,9 +338,7 @@ fn phase(start: Instant, what: &str) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
     let start = Instant::now();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::registry().with(EventPrinter { start }),
-    )?;
+    events::print_from(start)?;
 
     let mood = Arc::new(Mood {
         start,
@@ -511,67 +506,5 @@ where
                 .await
                 .unwrap_or_else(|e| Status::internal(e.into().to_string()).into_http()))
         })
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// Printing steadfast's tracing events
-// ---------------------------------------------------------------------------------
-
-/// Prints breaker transitions (target `steadfast::breaker`: fields `breaker`, `from`,
-/// `to`, `reason`) and retries (target `steadfast::retry`: `attempt`, `delay_ms`,
-/// `why`, and the message).
-struct EventPrinter {
-    start: Instant,
-}
-
-impl<S: tracing::Subscriber> Layer<S> for EventPrinter {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let mut f = Fields::default();
-        event.record(&mut f);
-        let stamp = stamp(self.start);
-        match event.metadata().target() {
-            "steadfast::breaker" => println!(
-                "{stamp}  breaker `{}` {} -> {} ({})",
-                f.get("breaker"),
-                f.get("from"),
-                f.get("to"),
-                f.get("reason")
-            ),
-            "steadfast::retry" => println!(
-                "{stamp}  retry   attempt {} got a {}: {}{}",
-                f.get("attempt"),
-                f.get("why"),
-                f.get("message"),
-                match f.get("delay_ms") {
-                    "" => String::new(),
-                    ms => format!(", in {ms} ms"),
-                }
-            ),
-            _ => {}
-        }
-    }
-}
-
-/// An event's fields, as text.
-#[derive(Default)]
-struct Fields(Vec<(&'static str, String)>);
-
-impl Fields {
-    fn get(&self, name: &str) -> &str {
-        self.0
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or("", |(_, v)| v.as_str())
-    }
-}
-
-impl tracing::field::Visit for Fields {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.push((field.name(), value.to_owned()));
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-        self.0.push((field.name(), format!("{value:?}")));
     }
 }

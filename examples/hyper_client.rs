@@ -36,7 +36,6 @@
 //! few milliseconds from run to run, and a rejection more or less may show during the
 //! outage.
 
-use std::fmt;
 use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
@@ -60,7 +59,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+#[path = "support/events.rs"]
+mod events;
+use events::stamp;
 
 /// How long `/slow` takes to answer: longer than an attempt may take (300 ms).
 const SLOW: Duration = Duration::from_millis(600);
@@ -73,17 +75,10 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Real seconds since `start`, for timestamps.
-fn stamp(start: Instant) -> String {
-    format!("{:5.2}s", start.elapsed().as_secs_f64())
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
     let start = Instant::now();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::registry().with(TransitionPrinter { start }),
-    )?;
+    events::print_from(start)?;
     let server = FlakyServer::start("127.0.0.1:0".parse()?).await?;
     let addr = server.addr;
 
@@ -269,49 +264,4 @@ async fn order(State(hits): State<Arc<AtomicU32>>, body: Bytes) -> Response {
 async fn slow() -> &'static str {
     sleep(SLOW).await;
     "finally"
-}
-
-/// Prints every breaker transition as it happens, from the `tracing` event each one
-/// emits (target `steadfast::breaker`, fields `breaker`, `from`, `to`, `reason`).
-struct TransitionPrinter {
-    start: Instant,
-}
-
-impl<S: tracing::Subscriber> Layer<S> for TransitionPrinter {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if event.metadata().target() != "steadfast::breaker" {
-            return;
-        }
-        let mut f = Fields::default();
-        event.record(&mut f);
-        let (name, from, to, why) = (f.breaker, f.from, f.to, f.reason);
-        println!(
-            "{}  breaker `{name}` {from} -> {to} ({why})",
-            stamp(self.start)
-        );
-    }
-}
-
-/// The string fields of a transition event.
-#[derive(Default)]
-struct Fields {
-    breaker: String,
-    from: String,
-    to: String,
-    reason: String,
-}
-
-impl tracing::field::Visit for Fields {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        let slot = match field.name() {
-            "breaker" => &mut self.breaker,
-            "from" => &mut self.from,
-            "to" => &mut self.to,
-            "reason" => &mut self.reason,
-            _ => return,
-        };
-        *slot = value.to_owned();
-    }
-
-    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn fmt::Debug) {}
 }
