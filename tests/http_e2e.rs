@@ -12,6 +12,8 @@
 //! Every request is bounded by [`BOUND`] so a hang fails instead of stalling. Timing
 //! asserts are lower bounds on waits the library must make, with generous upper bounds.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
@@ -29,6 +31,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use common::ms;
 use http_body::{Body, Frame};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -58,10 +61,6 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 const BOUND: Duration = Duration::from_secs(5);
 /// The per-attempt timeout of the client stack.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 // ---------------------------------------------------------------------------------
 // The client stack

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{ms, secs};
+use common::{ms, secs, Seen};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use steadfast::backoff::{Backoff, Jitter};
-use steadfast::breaker::error::Open;
 use steadfast::breaker::{Breaker, Snapshot, State};
 use steadfast::health::Health;
 use steadfast::watchdog::{probe, Watchdog, WatchdogBuilder};
@@ -85,23 +84,8 @@ async fn reach(states: &mut watch::Receiver<State>, state: State) {
         .unwrap();
 }
 
-/// What a caller saw.
-#[derive(Debug, PartialEq)]
-enum Seen {
-    Ok,
-    Failed,
-    Rejected(Option<Duration>),
-}
-
 async fn call(svc: &mut Svc) -> Seen {
-    let ready = svc.ready().await.expect("poll_ready never fails");
-    match ready.call(()).await {
-        Ok(()) => Seen::Ok,
-        Err(e) => match e.downcast_ref::<Open>() {
-            Some(open) => Seen::Rejected(open.retry_after()),
-            None => Seen::Failed,
-        },
-    }
+    common::call_with(svc, ()).await
 }
 
 /// A log of probes: when each started (since `t0`) and whether it passed.

@@ -93,6 +93,23 @@ pub fn seen(result: Result<(), BoxError>) -> Seen {
     }
 }
 
+/// What a caller of any service with the breaker's error type saw, calling once with
+/// `req` (after `ready`).
+pub async fn call_with<S, R>(svc: &mut S, req: R) -> Seen
+where
+    S: Service<R, Error = BoxError>,
+{
+    let ready = svc.ready().await.expect("poll_ready never fails here");
+    seen(ready.call(req).await.map(drop))
+}
+
+impl Seen {
+    /// Whether the breaker rejected the call, whatever its hint.
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, Seen::Rejected(_))
+    }
+}
+
 pub async fn call(svc: &mut Svc, req: Req) -> Seen {
     seen(
         svc.ready()
