@@ -302,7 +302,6 @@ fn a_prometheus_scrape_shows_the_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn shed_slow_failure_rate_rejecting_and_max_elapsed_are_reported() {
-    use steadfast::keyed::KeyedBreaker;
     use steadfast::retry::{Budget, RetryLayer, RetryPolicy};
     let _serial = serial().await;
     snapshotter();
@@ -349,17 +348,8 @@ async fn shed_slow_failure_rate_rejecting_and_max_elapsed_are_reported() {
     assert_eq!(s.counter("steadfast_breaker_slow_total", &[w]), 1);
 
     // A keyed breaker with one key rejecting.
-    let hosts =
-        KeyedBreaker::builder(Breaker::builder("metrics-rejecting").consecutive_failures(1))
-            .build()
-            .unwrap();
-    let health = Health::new();
-    health.register_keyed(&hosts);
-    let mut keyed = hosts
-        .layer(|host: &&'static str| host.to_string())
-        .layer(tower::service_fn(|_: &'static str| async {
-            Err::<(), _>("refused")
-        }));
+    let (_hosts, health, mut keyed) =
+        refused_hosts(Breaker::builder("metrics-rejecting").consecutive_failures(1));
     let _ = keyed.ready().await.unwrap().call("down").await;
     health.record_metrics();
     let k = ("breaker", "metrics-rejecting");
@@ -390,25 +380,15 @@ async fn shed_slow_failure_rate_rejecting_and_max_elapsed_are_reported() {
 #[tokio::test(start_paused = true)]
 async fn an_ejection_cap_letting_calls_through_is_reported() {
     use steadfast::breaker::EjectionCap;
-    use steadfast::keyed::KeyedBreaker;
     let _serial = serial().await;
     snapshotter();
     // Two keys of a capped keyed breaker open; the cap lets one reject.
     let cap = EjectionCap::new(0.5).unwrap();
-    let hosts = KeyedBreaker::builder(
+    let (hosts, health, mut svc) = refused_hosts(
         Breaker::builder("metrics-capped-hosts")
             .consecutive_failures(1)
             .ejection_cap(&cap),
-    )
-    .build()
-    .unwrap();
-    let health = Health::new();
-    health.register_keyed(&hosts);
-    let mut svc = hosts
-        .layer(|host: &&'static str| host.to_string())
-        .layer(tower::service_fn(|_: &'static str| async {
-            Err::<(), _>("refused")
-        }));
+    );
     for host in ["a", "b"] {
         let _ = svc.ready().await.unwrap().call(host).await;
     }
@@ -427,4 +407,26 @@ async fn an_ejection_cap_letting_calls_through_is_reported() {
     assert_eq!(s.gauge("steadfast_breaker_capped", &[k]), 0.0);
     steadfast::metrics::record(&a);
     assert_eq!(snap().gauge("steadfast_breaker_capped", &[k]), 1.0);
+}
+
+/// A keyed breaker per host from `template`, registered with a `Health`, over hosts
+/// that refuse every call.
+fn refused_hosts(
+    template: steadfast::breaker::BreakerBuilder,
+) -> (
+    steadfast::keyed::KeyedBreaker<String>,
+    Health,
+    impl tower::Service<&'static str, Response = (), Error = steadfast::BoxError>,
+) {
+    let hosts = steadfast::keyed::KeyedBreaker::builder(template)
+        .build()
+        .unwrap();
+    let health = Health::new();
+    health.register_keyed(&hosts);
+    let svc = hosts
+        .layer(|host: &&'static str| host.to_string())
+        .layer(tower::service_fn(|_: &'static str| async {
+            Err::<(), _>("refused")
+        }));
+    (hosts, health, svc)
 }
