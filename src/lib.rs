@@ -66,8 +66,9 @@
 //!
 //! - [`backoff`]: delays that grow and jitter (none, full, equal, decorrelated),
 //!   seedable; used by retries, open delays and probes.
-//! - [`breaker`]: the circuit breaker, its trip rules, adaptive throttling, and
-//!   [`Readiness`](breaker::Readiness) for balancers.
+//! - [`breaker`]: the circuit breaker, its trip rules, adaptive throttling,
+//!   [`Readiness`](breaker::Readiness) for balancers, and the
+//!   [`EjectionCap`](breaker::EjectionCap) of a set of endpoints.
 //! - [`retry`]: the retry layer, its policy and its budget.
 //! - [`watchdog`]: probing a dead downstream, and restart intensity (escalation).
 //! - [`health`]: readiness from breakers, for `/ready` and `/health` routes.
