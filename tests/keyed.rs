@@ -359,3 +359,33 @@ where
         settle().await;
     }
 }
+
+#[tokio::test]
+async fn keys_run_no_clock_task_of_their_own() {
+    // A time window's coarse clock is a task per breaker; a keyed breaker's keys,
+    // made and dropped by the thousand, read the clock instead.
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let plain = Breaker::new("plain");
+    assert_eq!(
+        tasks(),
+        before + 1,
+        "a breaker with a time window runs its clock"
+    );
+    drop(plain);
+    settle().await;
+    let keyed = KeyedBreaker::builder(Breaker::builder("hosts"))
+        .build()
+        .unwrap();
+    let before = tasks();
+    for host in 0..10u32 {
+        let _ = keyed.breaker(&host);
+    }
+    assert_eq!(keyed.len(), 10);
+    // At most `before`: the first breaker's aborted clock task may be reaped meanwhile.
+    assert!(tasks() <= before, "keys started clock tasks");
+}
