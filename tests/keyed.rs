@@ -389,3 +389,16 @@ async fn keys_run_no_clock_task_of_their_own() {
     // At most `before`: the first breaker's aborted clock task may be reaped meanwhile.
     assert!(tasks() <= before, "keys started clock tasks");
 }
+
+#[test]
+fn a_keyed_breaker_has_its_templates_name_and_knows_when_it_is_empty() {
+    let keyed = KeyedBreaker::builder(Breaker::builder("hosts"))
+        .build()
+        .unwrap();
+    assert_eq!(keyed.name(), "hosts");
+    assert!(keyed.is_empty());
+    let breaker = keyed.breaker(&"a");
+    assert_eq!(breaker.name(), "hosts");
+    assert!(!keyed.is_empty());
+    assert_eq!(keyed.len(), 1);
+}
