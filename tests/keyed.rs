@@ -402,3 +402,23 @@ fn a_keyed_breaker_has_its_templates_name_and_knows_when_it_is_empty() {
     assert!(!keyed.is_empty());
     assert_eq!(keyed.len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_keys_are_swept_at_most_every_eighth_of_idle() {
+    // Sweeps run on the create path, no oftener than every idle / 8 (100 ms here): a
+    // key past its idle time goes at the first sweep after it, not at every create.
+    let keyed = KeyedBreaker::builder(Breaker::builder("hosts"))
+        .idle(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    let _ = keyed.breaker(&"a");
+    advance(Duration::from_millis(790)).await;
+    let _ = keyed.breaker(&"c"); // sweeps: a is 790 ms idle, kept
+    advance(Duration::from_millis(20)).await;
+    let _ = keyed.breaker(&"b"); // 20 ms after the last sweep: none
+    assert_eq!((keyed.len(), keyed.evicted()), (3, 0));
+    advance(Duration::from_millis(90)).await;
+    let _ = keyed.breaker(&"d"); // 110 ms after it: a sweep, and a goes
+    assert_eq!((keyed.len(), keyed.evicted()), (3, 1));
+    assert!(keyed.get(&"a").is_none());
+}
