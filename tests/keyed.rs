@@ -16,7 +16,7 @@ use tokio::time::advance;
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
 use tower::load::Constant;
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 
 async fn settle() {
     for _ in 0..5 {
@@ -421,4 +421,46 @@ async fn idle_keys_are_swept_at_most_every_eighth_of_idle() {
     let _ = keyed.breaker(&"d"); // 110 ms after it: a sweep, and a goes
     assert_eq!((keyed.len(), keyed.evicted()), (3, 1));
     assert!(keyed.get(&"a").is_none());
+}
+
+/// A service that is never ready, or fails its readiness.
+#[derive(Clone)]
+struct Unready {
+    fail: bool,
+}
+
+impl Service<String> for Unready {
+    type Response = ();
+    type Error = &'static str;
+    type Future = std::future::Ready<Result<(), &'static str>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.fail {
+            std::task::Poll::Ready(Err("gone"))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _: String) -> Self::Future {
+        std::future::ready(Ok(()))
+    }
+}
+
+#[test]
+fn the_keyed_service_is_as_ready_as_its_inner_service() {
+    let keyed = KeyedBreaker::builder(Breaker::builder("hosts"))
+        .build()
+        .unwrap();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut pending = keyed.layer(host).layer(Unready { fail: false });
+    assert!(pending.poll_ready(&mut cx).is_pending());
+    let mut failing = keyed.layer(host).layer(Unready { fail: true });
+    match failing.poll_ready(&mut cx) {
+        std::task::Poll::Ready(Err(e)) => assert_eq!(e.to_string(), "gone"),
+        other => panic!("{other:?}"),
+    }
 }
