@@ -1,0 +1,88 @@
+//! The gRPC pieces on their own, without a server: the code sets, the retry
+//! classifier on transport errors, readiness through `OpenAsStatus`, and a response
+//! body that knows whether its outcome is still to come. (The gRPC mutation run found
+//! these untested; `tests/grpc.rs` covers them end to end over sockets.)
+#![cfg(feature = "grpc")]
+
+use std::task::{Context, Poll, Waker};
+
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use steadfast::breaker::Breaker;
+use steadfast::grpc::{Codes, GrpcBreakerLayer, GrpcRetryClassifier, OpenAsStatusLayer};
+use steadfast::{Classify, Outcome};
+use tonic::Code;
+use tower::{service_fn, Layer, Service};
+
+#[test]
+fn code_sets_add_and_remove_one_code() {
+    let set = Codes::empty()
+        .with(Code::Unavailable)
+        .with(Code::Unavailable);
+    assert!(
+        set.contains(Code::Unavailable),
+        "adding a code twice keeps it"
+    );
+    let fewer = Codes::FAILURES.without(Code::Internal);
+    assert!(!fewer.contains(Code::Internal));
+    assert!(fewer.contains(Code::Unavailable) && fewer.contains(Code::Unknown));
+    let none = Codes::empty().without(Code::Ok).without(Code::Internal);
+    assert!(!none.contains(Code::Ok) && !none.contains(Code::Internal));
+    assert!(!none.contains(Code::Unavailable));
+}
+
+#[test]
+fn the_retry_classifier_retries_connect_errors_only() {
+    let classifier = GrpcRetryClassifier::new();
+    let refused: Result<Response<()>, std::io::Error> =
+        Err(std::io::ErrorKind::ConnectionRefused.into());
+    assert_eq!(classifier.classify(&refused), Outcome::Failure);
+    let other: Result<Response<()>, std::io::Error> =
+        Err(std::io::Error::other("request body too large"));
+    assert_eq!(classifier.classify(&other), Outcome::Ignored);
+}
+
+/// A service that is never ready.
+#[derive(Clone)]
+struct Unready;
+
+impl Service<Request<()>> for Unready {
+    type Response = Response<()>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Response<()>, std::io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Pending
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        std::future::ready(Ok(Response::new(())))
+    }
+}
+
+#[test]
+fn open_as_status_is_as_ready_as_its_inner_service() {
+    let mut svc = OpenAsStatusLayer.layer(Unready);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_pending());
+}
+
+#[tokio::test]
+async fn a_response_body_is_pending_until_it_ends() {
+    let breaker = Breaker::new("grpc-body");
+    let mut svc = GrpcBreakerLayer::new(&breaker).layer(service_fn(|_: Request<()>| async {
+        let mut response = Response::new(Full::new(bytes::Bytes::from_static(b"message")));
+        response
+            .headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        Ok::<_, std::io::Error>(response)
+    }));
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let response = svc.call(Request::new(())).await.unwrap();
+    let mut body = response.into_body();
+    assert!(body.is_pending(), "no outcome before the body ends");
+    while let Some(frame) = body.frame().await {
+        frame.unwrap();
+    }
+    assert!(!body.is_pending(), "the body ended: its outcome is known");
+}
