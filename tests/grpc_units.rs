@@ -86,3 +86,17 @@ async fn a_response_body_is_pending_until_it_ends() {
     }
     assert!(!body.is_pending(), "the body ended: its outcome is known");
 }
+
+#[tokio::test]
+async fn a_request_sent_once_keeps_its_body_and_metadata() {
+    use steadfast::grpc::GrpcRequests;
+    use steadfast::retry::RetryRequest;
+    let mut request = Request::new(Full::new(bytes::Bytes::from_static(b"one message")));
+    request
+        .headers_mut()
+        .insert("x-tenant", "7".parse().unwrap());
+    let sent = GrpcRequests::new().once(request);
+    assert_eq!(sent.headers()["x-tenant"], "7");
+    let body = sent.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"one message");
+}
