@@ -301,3 +301,47 @@ async fn handler_calls_a_guarded_client_to_a_downstream_that_dies() {
 
     front.shutdown().await;
 }
+
+#[test]
+fn classifiers_list_their_statuses_when_printed() {
+    use steadfast::http::RetryClassifier;
+    let printed = format!("{:?}", RetryClassifier::new());
+    assert!(printed.contains("[408, 429, 502, 503, 504]"), "{printed}");
+    let printed = format!(
+        "{:?}",
+        RetryClassifier::new().retry(http::StatusCode::from_u16(599).unwrap())
+    );
+    assert!(
+        printed.contains("[408, 429, 502, 503, 504, 599]"),
+        "{printed}"
+    );
+}
+
+/// A service that is never ready.
+struct Unready;
+
+impl tower::Service<()> for Unready {
+    type Response = http::Response<()>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<http::Response<()>, std::io::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(())))
+    }
+}
+
+#[test]
+fn open_as_response_is_as_ready_as_its_inner_service() {
+    use steadfast::http::open::OpenAsResponseLayer;
+    use tower::{Layer, Service};
+    let mut svc = OpenAsResponseLayer::new().layer(Unready);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_pending());
+}
