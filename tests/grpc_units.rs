@@ -100,3 +100,32 @@ async fn a_request_sent_once_keeps_its_body_and_metadata() {
     let body = sent.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"one message");
 }
+
+/// `n` gRPC messages of `len` bytes each, length-prefixed as on the wire.
+fn grpc_frames(n: usize, len: u8) -> bytes::Bytes {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(0);
+        out.extend_from_slice(&u32::from(len).to_be_bytes());
+        out.extend(std::iter::repeat_n(i as u8, usize::from(len)));
+    }
+    out.into()
+}
+
+#[tokio::test]
+async fn the_last_attempt_replays_a_unary_request_but_not_a_stream() {
+    use steadfast::grpc::GrpcRequests;
+    use steadfast::retry::RetryRequest;
+    for (messages, replayed) in [(1, true), (2, false), (3, false)] {
+        let frames = grpc_frames(messages, 4);
+        let (first, replay) = GrpcRequests::new().prepare(Request::new(Full::new(frames.clone())));
+        let sent = first.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(sent, frames);
+        let last = GrpcRequests::new().last(replay.unwrap());
+        assert_eq!(last.is_some(), replayed, "{messages} message(s)");
+        if let Some(last) = last {
+            let again = last.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(again, frames, "the last attempt sends the same bytes");
+        }
+    }
+}
