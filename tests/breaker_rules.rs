@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use common::*;
 use steadfast::backoff::Backoff;
@@ -183,6 +184,38 @@ async fn slow_calls_trip_the_slow_rule() {
     assert_eq!(breaker.state(), State::Open);
     let snap = breaker.snapshot();
     assert_eq!((snap.slow, snap.successes, snap.failures), (2, 4, 0));
+}
+
+/// A call whose future is ready at its first poll is timed in real time, even under a
+/// paused clock: one that computes for 60 ms is slow against a 50 ms threshold, one
+/// that returns at once is not. (Work, not a sleep: nothing waits.)
+#[tokio::test(start_paused = true)]
+async fn a_call_that_never_waits_is_timed_in_real_time() {
+    use tower::{Service, ServiceExt};
+    let breaker = builder()
+        .slow_calls(ms(50), 0.5)
+        .count_window(2)
+        .min_calls(2)
+        .build()
+        .unwrap();
+    let work = tower::service_fn(|spin: Duration| async move {
+        let begun = std::time::Instant::now();
+        while begun.elapsed() < spin {
+            std::hint::spin_loop();
+        }
+        Ok::<_, &'static str>(())
+    });
+    let mut svc = steadfast::breaker::BreakerService::new(work, breaker.clone());
+    svc.ready()
+        .await
+        .unwrap()
+        .call(Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(breaker.snapshot().slow, 0);
+    svc.ready().await.unwrap().call(ms(60)).await.unwrap();
+    assert_eq!(breaker.snapshot().slow, 1);
+    assert_eq!(breaker.state(), State::Open, "1 slow call of 2");
 }
 
 #[tokio::test(start_paused = true)]

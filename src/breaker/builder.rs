@@ -309,8 +309,17 @@ impl BreakerBuilder {
     /// Calls that take longer than `threshold` are slow; trip when slow calls are at
     /// least `rate` of the calls in the window. A slow call still counts as a success
     /// or failure as classified, except that a slow half-open trial is a failed one
-    /// (see [`half_open_calls`](Self::half_open_calls)). This rule reads the clock at
-    /// the start and end of each call.
+    /// (see [`half_open_calls`](Self::half_open_calls)).
+    ///
+    /// A call's time runs from `call` to its response future's end. It is read from
+    /// the CPU's time-stamp counter where that is steady (about 10 ns a read, against
+    /// about 24 ns for `Instant::now()` on the machine of `docs/performance.md`), so a
+    /// call that never waits is timed in real time, even under a paused tokio clock. From
+    /// the first time its future returns `Pending`, a call is timed on tokio's clock, so
+    /// under a paused clock it sees the time its runtime skips while it waits (time
+    /// skipped between `call` and the first poll is not seen). The counter is
+    /// calibrated once per process, when the first breaker with this rule is built
+    /// (up to 200 ms).
     pub fn slow_calls(mut self, threshold: Duration, rate: f64) -> Self {
         self.slow = Some((threshold, rate));
         self

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
@@ -81,7 +81,10 @@ where
         let this = self.project();
         match this.kind.project() {
             KindProj::Called { future } => {
-                let result = ready!(future.poll(cx));
+                let Poll::Ready(result) = future.poll(cx) else {
+                    this.recorder.waited();
+                    return Poll::Pending;
+                };
                 this.recorder.finish(this.classify.classify(&result));
                 Poll::Ready(result.map_err(Into::into))
             }

@@ -233,6 +233,10 @@ impl Core {
         // A time window reads its own clock (coarse, or real when it must), so only
         // a slow-call rule needs each call's end read by the recorder.
         let time_end = slow_threshold.is_some();
+        if time_end {
+            // Calibrated here rather than at the first call.
+            super::recorder::counter();
+        }
         let throttle = config.throttle.map(|k| Throttle {
             k,
             protection: f64::from(config.rates.map_or(0, |r| r.min_calls)),

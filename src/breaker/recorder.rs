@@ -2,7 +2,7 @@
 //! closed call's finish, inline.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 
@@ -24,9 +24,29 @@ pub(crate) struct Recorder {
     /// whose permit is still held (the next 31, zero for none), and [`TIMED`]: one
     /// word, so that finishing a plain closed-state call checks one value.
     tag: u64,
-    /// When the call started, in nanoseconds since the breaker's start; only with a
-    /// slow-call rule.
+    /// When the call started; only with a slow-call rule. Until the call first waits,
+    /// a reading of [`counter`] with [`RAW`] set; from then on, nanoseconds since the
+    /// breaker's start on tokio's clock, with [`RAW`] clear.
     start: u64,
+}
+
+/// In [`Recorder::start`]: the start is a reading of [`counter`]. Neither a reading
+/// (a tick count since boot) nor nanoseconds since a breaker's start reach it in
+/// less than 97 years.
+const RAW: u64 = 1 << 63;
+
+/// The clock a slow-call rule times a call by until the call first waits: the CPU's
+/// time-stamp counter where it is steady, scaled to nanoseconds (`quanta`; ~10 ns a
+/// read here against ~24 ns for `Instant::now()`), else the OS's monotonic clock.
+///
+/// A call that never waits (its inner future ready on its first poll) cannot see
+/// tokio's clock move, paused or not, except by time that really passes, which this
+/// clock measures. A call that waits may see a paused clock jump, so at its first wait
+/// its start moves to tokio's clock (see [`Recorder::waited`]). Built, and calibrated
+/// once per process (up to 200 ms), with the first breaker that has a slow-call rule.
+pub(super) fn counter() -> &'static quanta::Clock {
+    static COUNTER: OnceLock<quanta::Clock> = OnceLock::new();
+    COUNTER.get_or_init(quanta::Clock::new)
 }
 
 /// Trial ids fit in this mask (31 bits).
@@ -39,7 +59,7 @@ impl Recorder {
     #[inline(always)]
     pub(crate) fn pass(shard: Arc<Shard>, epoch: u32) -> Self {
         let start = if shard.time_start {
-            shard.shared.now()
+            counter().raw() | RAW
         } else {
             0
         };
@@ -104,9 +124,34 @@ impl Recorder {
     /// Restarts the call's clock (a trial permit is taken before its call starts).
     #[inline]
     pub(crate) fn restart(&mut self) {
-        if let Some(shard) = self.shard.as_deref().filter(|shard| shard.time_start) {
-            self.start = shard.shared.now();
+        if self.shard.as_deref().is_some_and(|shard| shard.time_start) {
+            self.start = counter().raw() | RAW;
         }
+    }
+
+    /// Tells the recorder that its call is waiting (its future returned `Pending`).
+    /// With a slow-call rule, the call's start moves to tokio's clock the first time:
+    /// from here on the call may see a paused clock jump.
+    #[inline(always)]
+    pub(crate) fn waited(&mut self) {
+        if self.start & RAW != 0 {
+            self.start_on_tokio_clock();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn start_on_tokio_clock(&mut self) {
+        let Some(shard) = self.shard.as_deref() else {
+            return;
+        };
+        let counter = counter();
+        let ran = counter.delta_as_nanos(self.start & !RAW, counter.raw());
+        let now = Instant::now();
+        // Two reads in a row that agree: tokio's clock is paused, and did not move
+        // while the call ran (it moves only while its runtime waits).
+        let ran = if Instant::now() == now { 0 } else { ran };
+        self.start = shard.shared.since_start(now).saturating_sub(ran);
     }
 
     /// Counts the call's outcome, once. Done in place: moving the recorder out of the
@@ -130,13 +175,26 @@ impl Recorder {
     fn finish_timed_or_trial(&mut self, shard: Arc<Shard>, outcome: Outcome) {
         // The shard is taken, so the recorder's drop will not touch the trial again.
         let trial = self.trial();
-        let end = (shard.timed != 0).then(Instant::now);
         let shared = &shard.shared;
+        // How long the call took, and when it ended on tokio's clock if it was read.
+        let (ran, end) = if self.start & RAW != 0 {
+            let counter = counter();
+            (
+                counter.delta_as_nanos(self.start & !RAW, counter.raw()),
+                None,
+            )
+        } else if shard.timed != 0 {
+            let end = Instant::now();
+            (
+                shared.since_start(end).saturating_sub(self.start),
+                Some(end),
+            )
+        } else {
+            (0, None)
+        };
         let slow = shard.time_start
             && outcome != Outcome::Ignored
-            && end.zip(shared.slow_threshold).is_some_and(|(end, t)| {
-                shared.since_start(end).saturating_sub(self.start) > nanos(t)
-            });
+            && shared.slow_threshold.is_some_and(|t| ran > nanos(t));
         let epoch = self.epoch();
         if trial.is_none() && !slow {
             // Neither a trial nor slow: the closed path, with the call's end.

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -186,7 +186,11 @@ where
                 recorder,
                 failures,
             } => {
-                let response = match ready!(future.poll(cx)) {
+                let Poll::Ready(result) = future.poll(cx) else {
+                    recorder.waited();
+                    return Poll::Pending;
+                };
+                let response = match result {
                     Ok(response) => response,
                     Err(e) => {
                         recorder.finish(Outcome::Failure);
@@ -270,7 +274,12 @@ impl<B: Body> Body for GrpcBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let Poll::Ready(frame) = this.inner.poll_frame(cx) else {
+            if let Some(recorder) = this.recorder.as_mut() {
+                recorder.waited();
+            }
+            return Poll::Pending;
+        };
         if let Some(mut recorder) = this.recorder.take() {
             let outcome = match &frame {
                 Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
