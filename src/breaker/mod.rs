@@ -32,8 +32,9 @@
 //!
 //! In the closed state a call reads one atomic word to be admitted and adds to a
 //! per-thread counter when done: no lock, no allocation, and no clock read but for a
-//! slow-call rule (a time window reads a coarse clock kept by a task, see
-//! [`BreakerBuilder::time_window`], and the real one only on failures).
+//! slow-call rule, which reads the CPU's counter at a call's start and end (see
+//! [`BreakerBuilder::slow_calls`]). A time window reads a coarse clock kept by a
+//! task (see [`BreakerBuilder::time_window`]), and the real one only on failures.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

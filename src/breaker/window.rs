@@ -211,12 +211,25 @@ impl CountWindow {
     /// values where a load may see older ones. A failure whose bit replaced an older
     /// failure's adds nothing to `failures`, and a load could then miss the other
     /// thread's count and skip a trip the window calls for. Only failed or slow calls
-    /// pay for it.
+    /// pay for it, and only where a load could be wrong: the position only grows
+    /// until a reset (which the caller's epoch check orders before this read), so a
+    /// load that finds the window full is the latest word on it; without a slow-call
+    /// rule, `slow` stays zero.
     fn latest_totals(&self) -> Totals {
+        let calls = if self.pos.load(Relaxed) >= self.size {
+            self.size
+        } else {
+            self.pos.fetch_add(0, Relaxed).min(self.size)
+        };
+        let slow = if self.slow_bits.is_some() {
+            self.slow.fetch_add(0, Relaxed).max(0) as u64
+        } else {
+            0
+        };
         Totals {
-            calls: self.pos.fetch_add(0, Relaxed).min(self.size),
+            calls,
             failures: self.failures.fetch_add(0, Relaxed).max(0) as u64,
-            slow: self.slow.fetch_add(0, Relaxed).max(0) as u64,
+            slow,
             shed: 0,
         }
     }
