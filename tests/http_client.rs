@@ -468,6 +468,7 @@ fn bad_settings_are_config_errors() {
     assert!(e.to_string().contains("\"/health\""), "{e}");
     let e = err(Client::builder("a").probe("http://h/health"));
     assert_eq!(e.field(), "probe");
+    assert!(e.to_string().contains("give a path such as"), "{e}");
     let e = err(Client::builder("a").one_breaker().probe("/health"));
     assert_eq!(e.field(), "probe");
     assert!(e.to_string().contains("absolute URI"), "{e}");
@@ -483,6 +484,21 @@ fn bad_settings_are_config_errors() {
     assert!(e.to_string().contains("tokio runtime"), "{e}");
     let e = err(Client::builder("a").one_breaker().probe("http://h/health"));
     assert_eq!(e.field(), "spawn");
+}
+
+#[test]
+fn a_retry_policy_left_unnamed_takes_the_clients_name() {
+    use steadfast::http::retry_policy;
+    // The policy's name labels its metrics and events; the builder prints it.
+    let unnamed = format!("{:?}", Client::builder("search").retry(retry_policy()));
+    let retry = &unnamed[unnamed.find("retry:").unwrap()..];
+    assert!(retry.contains("name: \"search\""), "{unnamed}");
+    let named = format!(
+        "{:?}",
+        Client::builder("search").retry(retry_policy().name("lookups"))
+    );
+    let retry = &named[named.find("retry:").unwrap()..];
+    assert!(retry.contains("name: \"lookups\""), "{named}");
 }
 
 // ---------------------------------------------------------------------------------
