@@ -472,6 +472,10 @@ fn bad_settings_are_config_errors() {
     let e = err(Client::builder("a").one_breaker().probe("/health"));
     assert_eq!(e.field(), "probe");
     assert!(e.to_string().contains("absolute URI"), "{e}");
+    // An authority without a scheme is not an absolute URI either.
+    let e = err(Client::builder("a").one_breaker().probe("h:80"));
+    assert_eq!(e.field(), "probe");
+    assert!(e.to_string().contains("absolute URI"), "{e}");
     let e = err(Client::builder("a").timeout(Duration::ZERO));
     assert_eq!(e.field(), "timeout");
     let e = err(Client::builder("a").max_origins(0));
