@@ -503,6 +503,8 @@ fn a_retry_policy_left_unnamed_takes_the_clients_name() {
     );
     let retry = &named[named.find("retry:").unwrap()..];
     assert!(retry.contains("name: \"lookups\""), "{named}");
+    let client: Client = Client::builder("search").build().unwrap();
+    assert_eq!(client.name(), "search");
 }
 
 // ---------------------------------------------------------------------------------
