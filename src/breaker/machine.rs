@@ -686,14 +686,17 @@ impl Shared {
                 self.clear_failures(epoch);
             }
         }
-        // A time window's tick, read once for the count and for the throttle.
-        let mut tick = 0;
-        let totals = match &self.window {
-            None => None,
-            Some(Window::Count(w)) => w.record(failed, slow, slot),
+        // With adaptive throttling, a failure's totals over the throttle's span too,
+        // from the same read of a time window.
+        let (totals, throttle_totals) = match &self.window {
+            None => (None, None),
+            Some(Window::Count(w)) => (w.record(failed, slow, slot), None),
             Some(Window::Time(w)) => {
-                tick = w.current_tick(end);
-                w.record(failed, slow, tick, slot)
+                let tick = w.current_tick(end);
+                match w.record(failed, slow, tick, slot, self.throttle.is_some()) {
+                    Some((totals, throttle)) => (Some(totals), throttle),
+                    None => (None, None),
+                }
             }
         };
         if let (Some(totals), Some(rules)) = (totals, self.config.rates) {
@@ -711,10 +714,8 @@ impl Shared {
         }
         if let Some(reason) = reason {
             self.reopen(epoch, CLOSED, reason);
-        } else if let (Some(_), Some(Window::Time(w)), true) =
-            (&self.throttle, &self.window, failed)
-        {
-            self.rethrottle(epoch, w.throttle_totals(tick));
+        } else if let Some(totals) = throttle_totals {
+            self.rethrottle(epoch, totals);
         }
     }
 

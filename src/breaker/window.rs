@@ -24,7 +24,10 @@ use tokio::time::Instant;
 use super::local::with_local;
 use crate::nanos::{nanos, nanos_since};
 use crate::stripe::{bump_stamped, count_aged, parallelism, stamp, stripe_of};
-use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use crate::sync::atomic::{
+    fence, AtomicBool, AtomicI64, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use crate::sync::Mutex;
 
 /// Calls, failures and slow calls currently in a window.
@@ -320,7 +323,7 @@ pub(crate) struct TimeWindow {
     /// Calls shed by adaptive throttling, per bucket.
     shed: CachePadded<Ring>,
     /// The totals of the buckets before the current tick, summed once per tick.
-    sealed: Mutex<Option<Sealed>>,
+    sealed: SealCell,
     /// The window's coarse clock, and the task that advances it (aborted with the
     /// window).
     coarse: Arc<Coarse>,
@@ -344,6 +347,73 @@ struct Sealed {
     tick: u64,
     window: Totals,
     kept: Totals,
+}
+
+/// Where a time window files its [`Sealed`] totals: read without a lock, so that two
+/// threads failing at once do not meet on a mutex (a seal changes once per tick, a
+/// read happens on every failure). A sequence lock: `seq` is odd while the one writer
+/// of the moment (holding `lock`) files; a reader that finds it odd or changed after
+/// reading sums the buckets itself, as it does when there is no seal for its tick.
+#[derive(Debug)]
+struct SealCell {
+    lock: Mutex<()>,
+    seq: AtomicU64,
+    /// The seal's tick plus one; 0 for none.
+    tick: AtomicU64,
+    /// The window's totals, then the kept span's: calls, failures, slow, shed.
+    sums: [AtomicU64; 8],
+}
+
+impl SealCell {
+    fn new() -> Self {
+        Self {
+            lock: Mutex::new(()),
+            seq: AtomicU64::new(0),
+            tick: AtomicU64::new(0),
+            sums: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// The seal filed last, if any and if no writer was filing meanwhile.
+    fn read(&self) -> Option<Sealed> {
+        let before = self.seq.load(Acquire);
+        if before & 1 != 0 {
+            return None;
+        }
+        let tick = self.tick.load(Relaxed);
+        let v: [u64; 8] = std::array::from_fn(|i| self.sums[i].load(Relaxed));
+        fence(Acquire);
+        if self.seq.load(Relaxed) != before || tick == 0 {
+            return None;
+        }
+        let totals = |v: &[u64]| Totals {
+            calls: v[0],
+            failures: v[1],
+            slow: v[2],
+            shed: v[3],
+        };
+        Some(Sealed {
+            tick: tick - 1,
+            window: totals(&v[..4]),
+            kept: totals(&v[4..]),
+        })
+    }
+
+    /// Files `seal` (`None`: none). The caller holds `lock`.
+    fn write(&self, seal: Option<Sealed>) {
+        let seq = self.seq.load(Relaxed);
+        self.seq.store(seq.wrapping_add(1), Relaxed);
+        fence(Release);
+        self.tick
+            .store(seal.map_or(0, |s| s.tick.wrapping_add(1)), Relaxed);
+        let (w, k) = seal.map_or_else(Default::default, |s| (s.window, s.kept));
+        for (cell, v) in self.sums.iter().zip([
+            w.calls, w.failures, w.slow, w.shed, k.calls, k.failures, k.slow, k.shed,
+        ]) {
+            cell.store(v, Relaxed);
+        }
+        self.seq.store(seq.wrapping_add(2), Release);
+    }
 }
 
 /// The buckets summed on every failure rather than sealed: the current tick's and the
@@ -491,7 +561,7 @@ impl TimeWindow {
             failures: CachePadded::default(),
             slow: CachePadded::default(),
             shed: CachePadded::default(),
-            sealed: Mutex::new(None),
+            sealed: SealCell::new(),
             coarse,
             ticker,
         }
@@ -636,7 +706,10 @@ impl TimeWindow {
         tick
     }
 
-    /// Records one call that ended at `tick` on the thread in `slot`.
+    /// Records one call that ended at `tick` on the thread in `slot`; the window's
+    /// totals after it when it failed or was slow (it could trip a rule), and with
+    /// `throttled` and a failure the throttle's as well (see
+    /// [`throttle_totals`](Self::throttle_totals)), from the same read of the buckets.
     #[inline]
     pub(crate) fn record(
         &self,
@@ -644,7 +717,8 @@ impl TimeWindow {
         slow: bool,
         tick: u64,
         slot: usize,
-    ) -> Option<Totals> {
+        throttled: bool,
+    ) -> Option<(Totals, Option<Totals>)> {
         let bucket = (tick % KEPT) as usize;
         let (stripe, owned) = stripe_of(slot, self.calls.len());
         bump_stamped(&self.calls[stripe].ring[bucket], tick, owned);
@@ -654,7 +728,13 @@ impl TimeWindow {
         if slow {
             bump_stamped(&self.slow[bucket], tick, false);
         }
-        (failed || slow).then(|| self.totals(tick))
+        if throttled && failed {
+            let live = self.sum_ages(tick, 0..LIVE);
+            let (window, kept) = self.past_both(tick);
+            Some((window + live, Some(kept + live)))
+        } else {
+            (failed || slow).then(|| (self.totals(tick), None))
+        }
     }
 
     /// Records one call shed at `tick` by adaptive throttling; the throttle's totals
@@ -687,22 +767,47 @@ impl TimeWindow {
     /// or for a tick older than the one sealed (a call that ended a tick ago).
     fn past(&self, tick: u64, span: u64) -> Totals {
         let pick = |s: &Sealed| if span == BUCKETS { s.window } else { s.kept };
-        if let Ok(mut sealed) = self.sealed.try_lock() {
-            match *sealed {
-                Some(s) if s.tick == tick => return pick(&s),
-                Some(s) if s.tick > tick => {}
-                _ => {
-                    let s = Sealed {
-                        tick,
-                        window: self.sum_ages(tick, LIVE..BUCKETS),
-                        kept: self.sum_ages(tick, LIVE..KEPT),
-                    };
-                    *sealed = Some(s);
-                    return pick(&s);
-                }
+        match self.seal_of(tick) {
+            Some(s) => pick(&s),
+            None => self.sum_ages(tick, LIVE..span),
+        }
+    }
+
+    /// [`past`](Self::past) over the window and over the kept span at once.
+    fn past_both(&self, tick: u64) -> (Totals, Totals) {
+        match self.seal_of(tick) {
+            Some(s) => (s.window, s.kept),
+            None => {
+                let window = self.sum_ages(tick, LIVE..BUCKETS);
+                (window, window + self.sum_ages(tick, BUCKETS..KEPT))
             }
         }
-        self.sum_ages(tick, LIVE..span)
+    }
+
+    /// The seal of `tick`, made now if there is none yet; `None` when another thread
+    /// is filing one, or for a tick older than the one sealed.
+    fn seal_of(&self, tick: u64) -> Option<Sealed> {
+        match self.sealed.read() {
+            Some(s) if s.tick == tick => return Some(s),
+            Some(s) if s.tick > tick => return None,
+            _ => {}
+        }
+        let _filing = self.sealed.lock.try_lock().ok()?;
+        // Under the lock no one else files: what a read finds is what is filed.
+        match self.sealed.read() {
+            Some(s) if s.tick == tick => Some(s),
+            Some(s) if s.tick > tick => None,
+            _ => {
+                let window = self.sum_ages(tick, LIVE..BUCKETS);
+                let s = Sealed {
+                    tick,
+                    window,
+                    kept: window + self.sum_ages(tick, BUCKETS..KEPT),
+                };
+                self.sealed.write(Some(s));
+                Some(s)
+            }
+        }
     }
 
     /// The totals of the buckets `ages` ticks before `tick` (0: `tick`'s own).
@@ -726,8 +831,12 @@ impl TimeWindow {
     pub(crate) fn reset(&self) {
         // Held while the rings are emptied: no seal of the old counts can be filed
         // after it.
-        let mut sealed = self.sealed.lock().unwrap_or_else(PoisonError::into_inner);
-        *sealed = None;
+        let _filing = self
+            .sealed
+            .lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.sealed.write(None);
         let rings = self.calls.iter().map(|s| &s.0.ring);
         for ring in rings.chain([&self.failures.0, &self.slow.0, &self.shed.0]) {
             for c in ring {
@@ -889,15 +998,60 @@ mod tests {
     fn time_window_forgets_old_buckets() {
         let w = TimeWindow::new(Duration::from_secs(10), Instant::now(), true);
         let sec = 1_000_000_000;
-        w.record(true, false, w.tick(0), 0);
-        w.record(false, false, w.tick(5 * sec), 0);
+        w.record(true, false, w.tick(0), 0, false);
+        w.record(false, false, w.tick(5 * sec), 0, false);
         assert_eq!(w.totals(w.tick(9 * sec)).failures, 1);
         // At 10 s the bucket of second 0 has left the window.
         let t = w.totals(w.tick(10 * sec));
         assert_eq!((t.calls, t.failures), (1, 0));
         // Recycling a bucket drops its old counts.
-        let t = w.record(true, false, w.tick(20 * sec + 1), 0).unwrap();
+        let (t, _) = w
+            .record(true, false, w.tick(20 * sec + 1), 0, false)
+            .unwrap();
         assert_eq!((t.calls, t.failures), (1, 1));
+    }
+
+    /// A reader racing the writer of seals finds one whole seal or none, never the
+    /// fields of two (each seal here has every field equal to its tick).
+    #[cfg(not(steadfast_loom))]
+    #[test]
+    fn a_seal_is_read_whole_or_not_at_all() {
+        let cell = Arc::new(SealCell::new());
+        let seal = |t: u64| {
+            let totals = Totals {
+                calls: t,
+                failures: t,
+                slow: t,
+                shed: t,
+            };
+            Sealed {
+                tick: t,
+                window: totals,
+                kept: totals,
+            }
+        };
+        let writer = {
+            let cell = cell.clone();
+            std::thread::spawn(move || {
+                for t in 1..=200_000 {
+                    let _filing = cell.lock.lock().unwrap();
+                    cell.write(Some(seal(t)));
+                }
+            })
+        };
+        let (mut whole, mut last) = (0, 0);
+        while !writer.is_finished() || whole == 0 {
+            if let Some(s) = cell.read() {
+                let t = s.tick;
+                assert_eq!((s.window, s.kept), (seal(t).window, seal(t).kept));
+                assert!(t >= last, "seals are read in the order filed");
+                (whole, last) = (whole + 1, t);
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(cell.read().map(|s| s.tick), Some(200_000));
+        cell.write(None);
+        assert!(cell.read().is_none());
     }
 
     #[test]
@@ -914,8 +1068,13 @@ mod tests {
             let at = tick.saturating_sub(u64::from(rng.u8(..) < 20));
             let failed = rng.bool();
             let slow = rng.u8(..) < 30;
-            if let Some(t) = w.record(failed, slow, at, slot) {
+            let throttled = rng.bool();
+            if let Some((t, kept)) = w.record(failed, slow, at, slot, throttled) {
                 assert_eq!(t, brute(at, BUCKETS), "at {at}");
+                assert_eq!(kept.is_some(), throttled && failed);
+                if let Some(kept) = kept {
+                    assert_eq!(kept, brute(at, KEPT), "at {at}");
+                }
             }
             if rng.u8(..) < 10 {
                 w.record_shed(tick);
@@ -988,7 +1147,7 @@ mod tests {
         for stripe in w.calls.iter() {
             stripe.ring[0].store(SATURATED, Relaxed);
         }
-        w.record(false, false, 0, 0);
+        w.record(false, false, 0, 0, false);
         assert_eq!(w.totals(0).calls, SATURATED * w.calls.len() as u64);
     }
 
