@@ -100,6 +100,13 @@ fn the_limit_is_a_share_of_the_set_and_at_least_one() {
 }
 
 #[test]
+fn caps_are_equal_when_they_are_the_same_set() {
+    let cap = EjectionCap::default();
+    assert_eq!(cap, cap.clone());
+    assert_ne!(cap, EjectionCap::default(), "same settings, another set");
+}
+
+#[test]
 fn a_share_outside_0_to_1_is_a_config_error() {
     for bad in [0.0, -0.1, 1.01, f64::NAN, f64::INFINITY] {
         let err = EjectionCap::new(bad).unwrap_err();
