@@ -507,6 +507,34 @@ fn a_retry_policy_left_unnamed_takes_the_clients_name() {
     assert_eq!(client.name(), "search");
 }
 
+#[tokio::test]
+async fn errors_keep_their_cause_and_answer_with_their_status() {
+    use std::error::Error as _;
+    let client: Client = Client::builder("dead")
+        .no_retry()
+        .one_breaker()
+        .breaker(Breaker::builder("dead").consecutive_failures(1))
+        .build()
+        .unwrap();
+    // A URI that does not parse: the caller's mistake, a 500 for the caller's caller.
+    let e = client.get("http://bad uri/").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidRequest);
+    assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(e.source().is_some(), "the parse error: {e}");
+    let addr = dead_addr();
+    let e = client.get(format!("http://{addr}/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connect);
+    assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+    assert!(e.source().is_some(), "the connect error: {e}");
+    // The breaker opened: the rejection is the source.
+    let e = client.get(format!("http://{addr}/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable);
+    let open = e
+        .source()
+        .and_then(|s| s.downcast_ref::<steadfast::breaker::error::Open>());
+    assert!(open.is_some(), "{e:?}");
+}
+
 // ---------------------------------------------------------------------------------
 // The price app through an outage of a downstream process
 // ---------------------------------------------------------------------------------
