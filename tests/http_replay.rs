@@ -145,6 +145,19 @@ async fn body_over_cap_is_sent_once() {
 }
 
 #[tokio::test]
+async fn a_request_is_replayable_until_its_body_passes_the_cap() {
+    let chunks = ["0123456789", "0123456789", "0123456789"];
+    let (first, replay) = replayable(Request::new(Chunked::new(chunks)), 25);
+    assert!(replay.is_replayable(), "nothing read yet");
+    assert_eq!(data(first.into_body()).await, chunks.concat());
+    assert!(!replay.is_replayable(), "30 bytes read, over the cap of 25");
+    let (first, replay) = replayable(Request::new(Chunked::new(chunks)), 30);
+    assert_eq!(data(first.into_body()).await, chunks.concat());
+    assert!(replay.is_replayable(), "at the cap");
+    assert!(replay.next_request().is_some());
+}
+
+#[tokio::test]
 async fn body_exactly_at_cap_is_replayed() {
     let (first, replay) = ReplayBody::new(Chunked::new(["01234", "56789"]), 10);
     assert_eq!(data(first).await, "0123456789");
