@@ -455,12 +455,34 @@ struct Coarse {
 /// Successes between two checks of the coarse clock against the real one, per thread.
 const CHECK_EVERY: u64 = 256;
 
+/// Bits of a published coarse tick that hold its bucket in a ring (`tick % KEPT`).
+const INDEX_BITS: u32 = 5;
+const _: () = assert!(KEPT <= 1 << INDEX_BITS);
+
 impl Coarse {
     /// The published tick, if any.
     #[inline(always)]
     fn get(&self) -> Option<u64> {
+        self.get_with_index().map(|(tick, _)| tick)
+    }
+
+    /// The published tick and its bucket in a ring, if any: published together, so
+    /// that a success need not divide to find its bucket.
+    #[inline(always)]
+    fn get_with_index(&self) -> Option<(u64, usize)> {
         let t = self.tick.load(Relaxed);
-        (t != 0).then(|| t - 1)
+        (t != 0).then(|| {
+            (
+                (t >> INDEX_BITS) - 1,
+                (t & ((1 << INDEX_BITS) - 1)) as usize,
+            )
+        })
+    }
+
+    /// Publishes `tick` (a stamp).
+    fn publish(&self, tick: u64) {
+        self.tick
+            .store(((tick + 1) << INDEX_BITS) | (tick % KEPT), Relaxed);
     }
 
     /// Whether the coarse clock may be used at `clock`, the real clock's tick: it is
@@ -517,7 +539,7 @@ async fn tick(coarse: Weak<Coarse>, start: Instant, width: u64) {
         }
         let elapsed = nanos_since(start, now).saturating_add(early);
         if in_step == Some(true) {
-            c.tick.store(stamp(elapsed / width) + 1, Relaxed);
+            c.publish(stamp(elapsed / width));
         }
         drop(c);
         last = Some((now, real));
@@ -596,11 +618,14 @@ impl TimeWindow {
     pub(crate) fn record_success(&self, end: Option<Instant>, slot: usize) {
         let (stripe, owned) = stripe_of(slot, self.calls.len());
         let stripe = &self.calls[stripe];
-        let tick = match self.coarse.get() {
-            Some(tick) if !due(stripe, owned) => tick,
-            coarse => self.success_tick(coarse, end, stripe, owned),
+        let (tick, index) = match self.coarse.get_with_index() {
+            Some(published) if !due(stripe, owned) => published,
+            coarse => {
+                let tick = self.success_tick(coarse.map(|(tick, _)| tick), end, stripe, owned);
+                (tick, (tick % KEPT) as usize)
+            }
         };
-        bump_stamped(&stripe.ring[(tick % KEPT) as usize], tick, owned);
+        bump_stamped(&stripe.ring[index], tick, owned);
     }
 
     /// The tick of a success from the real clock: without a coarse clock, or to check
@@ -1163,7 +1188,7 @@ mod tests {
         let w = TimeWindow::new(Duration::from_millis(100), start, true);
         assert!(w.ticker.is_none());
         let at = |ms: u64| start + Duration::from_millis(ms);
-        w.coarse.tick.store(3 + 1, Relaxed);
+        w.coarse.publish(3);
         // One tick behind or ahead: the coarse tick is used.
         assert_eq!(w.current_tick(Some(at(45))), 3);
         assert_eq!(w.current_tick(Some(at(25))), 3);
@@ -1174,11 +1199,24 @@ mod tests {
     }
 
     #[test]
+    fn a_published_tick_carries_its_bucket() {
+        let w = TimeWindow::new(Duration::from_millis(100), Instant::now(), true);
+        for tick in [0, 1, KEPT - 1, KEPT, KEPT + 1, 12_345, stamp(u64::MAX)] {
+            w.coarse.publish(tick);
+            assert_eq!(
+                w.coarse.get_with_index(),
+                Some((tick, (tick % KEPT) as usize))
+            );
+            assert_eq!(w.coarse.get(), Some(tick));
+        }
+    }
+
+    #[test]
     fn successes_check_the_coarse_clock_every_256th_time() {
         let start = Instant::now();
         let w = TimeWindow::new(Duration::from_millis(100), start, true);
         let late = start + Duration::from_millis(95); // tick 9
-        w.coarse.tick.store(2 + 1, Relaxed);
+        w.coarse.publish(2);
         // Counted at the coarse tick without looking at `end`...
         for _ in 1..CHECK_EVERY {
             w.record_success(Some(late), 0);
