@@ -262,6 +262,22 @@ async fn a_trial_is_timed_from_its_call_not_from_poll_ready() {
     assert_eq!(breaker.state(), State::Closed);
 }
 
+/// The same in real time: 120 ms of work between the permit and the call do not make
+/// a fast trial slow against a 100 ms threshold. (Work, not a sleep: nothing waits.)
+#[tokio::test(start_paused = true)]
+async fn a_trial_is_timed_from_its_call_in_real_time_too() {
+    let (breaker, mut svc) = tripped_by_slow_calls().await;
+    advance(secs(1)).await;
+    svc.ready().await.expect("ready");
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let begun = std::time::Instant::now();
+    while begun.elapsed() < ms(120) {
+        std::hint::spin_loop();
+    }
+    assert_eq!(seen(svc.call(Req::Ok).await), Seen::Ok);
+    assert_eq!(breaker.state(), State::Closed);
+}
+
 #[tokio::test(start_paused = true)]
 async fn forced_states_hold_until_reset() {
     let breaker = builder().build().unwrap();

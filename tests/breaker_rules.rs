@@ -218,6 +218,30 @@ async fn a_call_that_never_waits_is_timed_in_real_time() {
     assert_eq!(breaker.state(), State::Open, "1 slow call of 2");
 }
 
+/// A call that waits more than once is timed from its start, not from its last wait:
+/// two waits of 60 ms make a slow call against a 100 ms threshold.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_waits_twice_is_timed_from_its_start() {
+    use tower::{Service, ServiceExt};
+    let breaker = builder()
+        .slow_calls(ms(100), 0.5)
+        .count_window(2)
+        .min_calls(2)
+        .build()
+        .unwrap();
+    let twice = tower::service_fn(|wait: Duration| async move {
+        tokio::time::sleep(wait).await;
+        tokio::time::sleep(wait).await;
+        Ok::<_, &'static str>(())
+    });
+    let mut svc = steadfast::breaker::BreakerService::new(twice, breaker.clone());
+    svc.ready().await.unwrap().call(ms(30)).await.unwrap();
+    assert_eq!(breaker.snapshot().slow, 0, "60 ms in all");
+    svc.ready().await.unwrap().call(ms(60)).await.unwrap();
+    assert_eq!(breaker.snapshot().slow, 1, "120 ms in all");
+    assert_eq!(breaker.state(), State::Open);
+}
+
 #[tokio::test(start_paused = true)]
 async fn breakers_called_in_turn_count_successes_in_their_own_ticks() {
     // Six time windows (more than a thread keeps ticks for), started 300 ms apart so
