@@ -155,6 +155,22 @@ fn more_threads_than_shards_still_add_up() {
     assert_counts(&breaker.snapshot(), half, half, 0);
 }
 
+/// Two threads calling at once, many times over: each counts in a shard of its own
+/// with plain stores, so two threads handed one shard would lose counts.
+#[test]
+fn two_threads_calling_at_once_lose_no_count() {
+    const EACH: u64 = 500_000;
+    let breaker = breaker("pair");
+    let svc = service(&breaker);
+    in_crowd(2, || {
+        let mut svc = svc.clone();
+        for n in 0..EACH {
+            let _ = poll_once(call(&mut svc, n));
+        }
+    });
+    assert_counts(&breaker.snapshot(), EACH, EACH, 0);
+}
+
 #[test]
 fn a_time_window_shared_by_more_threads_than_stripes_counts_every_call() {
     // A time window counts calls per thread, and threads past its own stripes share
