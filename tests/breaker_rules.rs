@@ -218,6 +218,31 @@ async fn a_call_that_never_waits_is_timed_in_real_time() {
     assert_eq!(breaker.state(), State::Open, "1 slow call of 2");
 }
 
+/// On a running (not paused) clock, what a call does before it first waits counts
+/// too: 60 ms of work, then a wait, is slow against a 50 ms threshold. (Work and a
+/// yield, not a sleep.)
+#[tokio::test]
+async fn work_before_a_calls_first_wait_counts_on_a_running_clock() {
+    use tower::{Service, ServiceExt};
+    let breaker = builder()
+        .slow_calls(ms(50), 0.5)
+        .count_window(2)
+        .min_calls(2)
+        .build()
+        .unwrap();
+    let work_then_wait = tower::service_fn(|spin: Duration| async move {
+        let begun = std::time::Instant::now();
+        while begun.elapsed() < spin {
+            std::hint::spin_loop();
+        }
+        tokio::task::yield_now().await;
+        Ok::<_, &'static str>(())
+    });
+    let mut svc = steadfast::breaker::BreakerService::new(work_then_wait, breaker.clone());
+    svc.ready().await.unwrap().call(ms(60)).await.unwrap();
+    assert_eq!(breaker.snapshot().slow, 1);
+}
+
 /// A call that waits more than once is timed from its start, not from its last wait:
 /// two waits of 60 ms make a slow call against a 100 ms threshold.
 #[tokio::test(start_paused = true)]
