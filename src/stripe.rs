@@ -170,17 +170,23 @@ pub(crate) fn stamp(tick: u64) -> u64 {
     tick & STAMP_MASK
 }
 
+/// A stamped counter that has never counted: count 0, and a stamp older than any
+/// tick a window reaches, so that its first add starts it over (see
+/// [`add_stamped`]'s return).
+pub(crate) const NEVER: u64 = STAMP_MASK << COUNT_BITS;
+
 /// Adds one to a counter stamped with `tick`: counts if the stamp is `tick`, starts
 /// over at one if it is older, and drops the add if it is newer (a late add for a
 /// bucket already recycled). `owned` when only this thread writes the counter.
+/// Whether this add started the counter over.
 #[inline]
-pub(crate) fn bump_stamped(counter: &AtomicU64, tick: u64, owned: bool) {
-    add_stamped(counter, tick, 1, owned);
+pub(crate) fn bump_stamped(counter: &AtomicU64, tick: u64, owned: bool) -> bool {
+    add_stamped(counter, tick, 1, owned)
 }
 
 /// [`bump_stamped`] by `n` (at most 4096, the margin below saturation).
 #[inline]
-pub(crate) fn add_stamped(counter: &AtomicU64, tick: u64, n: u64, owned: bool) {
+pub(crate) fn add_stamped(counter: &AtomicU64, tick: u64, n: u64, owned: bool) -> bool {
     let tick = stamp(tick);
     let n = n.min(4096);
     let mut current = counter.load(Relaxed);
@@ -188,24 +194,24 @@ pub(crate) fn add_stamped(counter: &AtomicU64, tick: u64, n: u64, owned: bool) {
         let age = tick.wrapping_sub(current >> COUNT_BITS) & STAMP_MASK;
         let next = if age == 0 {
             if current & COUNT_MASK >= SATURATED {
-                return;
+                return false;
             }
             if !owned {
                 counter.fetch_add(n, Relaxed);
-                return;
+                return false;
             }
             current + n
         } else if age < STAMP_MASK / 2 {
             tick << COUNT_BITS | n
         } else {
-            return;
+            return false;
         };
         if owned {
             counter.store(next, Relaxed);
-            return;
+            return age != 0;
         }
         match counter.compare_exchange_weak(current, next, Relaxed, Relaxed) {
-            Ok(_) => return,
+            Ok(_) => return age != 0,
             Err(actual) => current = actual,
         }
     }

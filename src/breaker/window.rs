@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::local::with_local;
 use crate::nanos::{nanos, nanos_since};
-use crate::stripe::{bump_stamped, count_aged, parallelism, stamp, stripe_of};
+use crate::stripe::{bump_stamped, count_aged, parallelism, stamp, stripe_of, NEVER};
 use crate::sync::atomic::{
     fence, AtomicBool, AtomicI64, AtomicU64,
     Ordering::{Acquire, Relaxed, Release},
@@ -269,7 +269,7 @@ const KEPT: u64 = 2 * BUCKETS;
 type Ring = [AtomicU64; KEPT as usize];
 
 /// One thread's calls per bucket, and the tick its last success fell in.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Stripe {
     ring: Ring,
     /// Where the tick of this stripe's last success starts, in nanoseconds since the
@@ -282,6 +282,23 @@ struct Stripe {
     /// the real clock (see [`Coarse`]).
     unchecked: AtomicU64,
 }
+
+impl Default for Stripe {
+    fn default() -> Self {
+        Self {
+            // Never counted: a stripe's first count starts its bucket over, which is
+            // when the window marks the stripe used.
+            ring: std::array::from_fn(|_| AtomicU64::new(NEVER)),
+            from: AtomicU64::new(0),
+            tick: AtomicU64::new(0),
+            unchecked: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Words of [`TimeWindow::used`]: one bit per stripe, up to 128 stripes and the
+/// shared one.
+const USED_WORDS: usize = 3;
 
 /// The tick a thread's last success in a time window fell in, with its bounds as
 /// instants. A success that ends within the same tick of the same window (nearly every
@@ -318,6 +335,10 @@ pub(crate) struct TimeWindow {
     /// call adds to one, so two threads never share its cache line. Summed only when
     /// a failure or slow call needs the rate.
     calls: Box<[CachePadded<Stripe>]>,
+    /// The stripes that have counted a call, one bit each, set when a stripe first
+    /// counts in a bucket: a failure sums only these, not every thread slot's (one or
+    /// two threads busy among the 129 stripes of a 64-core machine).
+    used: [AtomicU64; USED_WORDS],
     failures: CachePadded<Ring>,
     slow: CachePadded<Ring>,
     /// Calls shed by adaptive throttling, per bucket.
@@ -580,6 +601,7 @@ impl TimeWindow {
             start,
             width,
             calls: (0..=stripes).map(|_| CachePadded::default()).collect(),
+            used: std::array::from_fn(|_| AtomicU64::new(0)),
             failures: CachePadded::default(),
             slow: CachePadded::default(),
             shed: CachePadded::default(),
@@ -616,8 +638,8 @@ impl TimeWindow {
     /// clock running, no clock is read (but every [`CHECK_EVERY`]th time).
     #[inline(always)]
     pub(crate) fn record_success(&self, end: Option<Instant>, slot: usize) {
-        let (stripe, owned) = stripe_of(slot, self.calls.len());
-        let stripe = &self.calls[stripe];
+        let (index_of_stripe, owned) = stripe_of(slot, self.calls.len());
+        let stripe = &self.calls[index_of_stripe];
         let (tick, index) = match self.coarse.get_with_index() {
             Some(published) if !due(stripe, owned) => published,
             coarse => {
@@ -625,7 +647,20 @@ impl TimeWindow {
                 (tick, (tick % KEPT) as usize)
             }
         };
-        bump_stamped(&stripe.ring[index], tick, owned);
+        if bump_stamped(&stripe.ring[index], tick, owned) {
+            self.mark_used(index_of_stripe);
+        }
+    }
+
+    /// Marks `stripe` as one that has counted calls (see [`used`](Self::used)); once
+    /// per bucket a stripe starts over, so at most once a tick.
+    #[cold]
+    #[inline(never)]
+    fn mark_used(&self, stripe: usize) {
+        let (word, bit) = (&self.used[stripe / 64], 1u64 << (stripe % 64));
+        if word.load(Relaxed) & bit == 0 {
+            word.fetch_or(bit, Relaxed);
+        }
     }
 
     /// The tick of a success from the real clock: without a coarse clock, or to check
@@ -746,7 +781,9 @@ impl TimeWindow {
     ) -> Option<(Totals, Option<Totals>)> {
         let bucket = (tick % KEPT) as usize;
         let (stripe, owned) = stripe_of(slot, self.calls.len());
-        bump_stamped(&self.calls[stripe].ring[bucket], tick, owned);
+        if bump_stamped(&self.calls[stripe].ring[bucket], tick, owned) {
+            self.mark_used(stripe);
+        }
         if failed {
             bump_stamped(&self.failures[bucket], tick, false);
         }
@@ -837,13 +874,20 @@ impl TimeWindow {
 
     /// The totals of the buckets `ages` ticks before `tick` (0: `tick`'s own).
     fn sum_ages(&self, tick: u64, ages: std::ops::Range<u64>) -> Totals {
+        let used: [u64; USED_WORDS] = std::array::from_fn(|w| self.used[w].load(Relaxed));
         let mut totals = Totals::default();
         for age in ages {
             // Where `record` put the count of `tick - age` (stamps wrap, and so do
             // ticks before the first).
             let bucket = (stamp(tick.wrapping_sub(age)) % KEPT) as usize;
             let count = |ring: &Ring| count_aged(&ring[bucket], tick, age);
-            totals.calls += self.calls.iter().map(|s| count(&s.ring)).sum::<u64>();
+            for (w, mut bits) in used.into_iter().enumerate() {
+                while bits != 0 {
+                    let stripe = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    totals.calls += count(&self.calls[stripe].ring);
+                }
+            }
             totals.failures += count(&self.failures);
             totals.slow += count(&self.slow);
             totals.shed += count(&self.shed);
@@ -862,8 +906,13 @@ impl TimeWindow {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         self.sealed.write(None);
-        let rings = self.calls.iter().map(|s| &s.0.ring);
-        for ring in rings.chain([&self.failures.0, &self.slow.0, &self.shed.0]) {
+        // A stripe stays marked used: summing it counts nothing until it counts again.
+        for stripe in self.calls.iter() {
+            for c in &stripe.ring {
+                c.store(NEVER, Relaxed);
+            }
+        }
+        for ring in [&self.failures.0, &self.slow.0, &self.shed.0] {
             for c in ring {
                 // Stamp zero with count zero counts nothing, whatever the tick.
                 c.store(0, Relaxed);
@@ -1169,8 +1218,9 @@ mod tests {
     #[test]
     fn time_window_saturates_instead_of_wrapping() {
         let w = TimeWindow::new(Duration::from_secs(1), Instant::now(), true);
-        for stripe in w.calls.iter() {
+        for (i, stripe) in w.calls.iter().enumerate() {
             stripe.ring[0].store(SATURATED, Relaxed);
+            w.mark_used(i);
         }
         w.record(false, false, 0, 0, false);
         assert_eq!(w.totals(0).calls, SATURATED * w.calls.len() as u64);
