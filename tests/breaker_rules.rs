@@ -186,23 +186,33 @@ async fn slow_calls_trip_the_slow_rule() {
     assert_eq!((snap.slow, snap.successes, snap.failures), (2, 4, 0));
 }
 
+/// Trips when one of the last two calls took longer than `threshold`.
+fn slow_rule(threshold: Duration) -> Breaker {
+    builder()
+        .slow_calls(threshold, 0.5)
+        .count_window(2)
+        .min_calls(2)
+        .build()
+        .unwrap()
+}
+
+/// Busy for `time` of real time: work, not a sleep (nothing waits).
+fn work_for(time: Duration) {
+    let begun = std::time::Instant::now();
+    while begun.elapsed() < time {
+        std::hint::spin_loop();
+    }
+}
+
 /// A call whose future is ready at its first poll is timed in real time, even under a
 /// paused clock: one that computes for 60 ms is slow against a 50 ms threshold, one
 /// that returns at once is not. (Work, not a sleep: nothing waits.)
 #[tokio::test(start_paused = true)]
 async fn a_call_that_never_waits_is_timed_in_real_time() {
     use tower::{Service, ServiceExt};
-    let breaker = builder()
-        .slow_calls(ms(50), 0.5)
-        .count_window(2)
-        .min_calls(2)
-        .build()
-        .unwrap();
+    let breaker = slow_rule(ms(50));
     let work = tower::service_fn(|spin: Duration| async move {
-        let begun = std::time::Instant::now();
-        while begun.elapsed() < spin {
-            std::hint::spin_loop();
-        }
+        work_for(spin);
         Ok::<_, &'static str>(())
     });
     let mut svc = steadfast::breaker::BreakerService::new(work, breaker.clone());
@@ -224,17 +234,9 @@ async fn a_call_that_never_waits_is_timed_in_real_time() {
 #[tokio::test]
 async fn work_before_a_calls_first_wait_counts_on_a_running_clock() {
     use tower::{Service, ServiceExt};
-    let breaker = builder()
-        .slow_calls(ms(50), 0.5)
-        .count_window(2)
-        .min_calls(2)
-        .build()
-        .unwrap();
+    let breaker = slow_rule(ms(50));
     let work_then_wait = tower::service_fn(|spin: Duration| async move {
-        let begun = std::time::Instant::now();
-        while begun.elapsed() < spin {
-            std::hint::spin_loop();
-        }
+        work_for(spin);
         tokio::task::yield_now().await;
         Ok::<_, &'static str>(())
     });
@@ -248,12 +250,7 @@ async fn work_before_a_calls_first_wait_counts_on_a_running_clock() {
 #[tokio::test(start_paused = true)]
 async fn a_call_that_waits_twice_is_timed_from_its_start() {
     use tower::{Service, ServiceExt};
-    let breaker = builder()
-        .slow_calls(ms(100), 0.5)
-        .count_window(2)
-        .min_calls(2)
-        .build()
-        .unwrap();
+    let breaker = slow_rule(ms(100));
     let twice = tower::service_fn(|wait: Duration| async move {
         tokio::time::sleep(wait).await;
         tokio::time::sleep(wait).await;
