@@ -268,3 +268,40 @@ fn rejected_calls_are_counted_apart_and_name_their_breaker() {
     }
     assert_counts(&breaker.snapshot(), 2, 2, 50);
 }
+
+/// Calls made from a thread-local's destructor after the breaker's own thread-local
+/// is gone: the thread has no slot any more, its calls take the shared overflow shard,
+/// and they must still be counted, exactly once.
+#[test]
+fn calls_made_while_a_thread_exits_are_counted() {
+    use std::cell::RefCell;
+
+    /// Makes `CALLS` calls through its service when its thread exits.
+    struct CallsOnExit(RefCell<Option<Svc>>);
+    const CALLS: u64 = 6;
+    impl Drop for CallsOnExit {
+        fn drop(&mut self) {
+            if let Some(mut svc) = self.0.borrow_mut().take() {
+                for n in 0..CALLS {
+                    let _ = poll_once(call(&mut svc, n));
+                }
+            }
+        }
+    }
+    thread_local! {
+        static ON_EXIT: CallsOnExit = const { CallsOnExit(RefCell::new(None)) };
+    }
+
+    let breaker = breaker("exiting");
+    let svc = service(&breaker);
+    std::thread::spawn(move || {
+        // Registered first, so destroyed last: after the breaker's thread-local, which
+        // the call below registers.
+        ON_EXIT.with(|on_exit| *on_exit.0.borrow_mut() = Some(svc.clone()));
+        let mut svc = svc;
+        let _ = poll_once(call(&mut svc, 0));
+    })
+    .join()
+    .expect("thread");
+    assert_counts(&breaker.snapshot(), 1 + CALLS / 2, CALLS / 2, 0);
+}

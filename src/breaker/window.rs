@@ -1326,6 +1326,35 @@ mod tests {
         });
     }
 
+    #[test]
+    fn a_ticker_unpublishes_when_its_runtime_shuts_down() {
+        // Once its runtime is gone nothing advances the coarse clock: it must not stay
+        // published. The tick is published by hand (a ticker publishes only on a real
+        // clock); the ticker task is started, then dropped with its runtime.
+        let coarse = Arc::new(Coarse {
+            tick: AtomicU64::new(0),
+            off: AtomicBool::new(false),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let ticker = runtime.block_on(async {
+            let ticker = tokio::spawn(tick(Arc::downgrade(&coarse), Instant::now(), 1_000_000));
+            tokio::task::yield_now().await;
+            ticker
+        });
+        coarse.publish(7);
+        assert_eq!(coarse.get(), Some(7));
+        assert!(
+            !ticker.is_finished(),
+            "the ticker sleeps until its next tick"
+        );
+        drop(runtime);
+        assert_eq!(coarse.get(), None);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_coarse_clock_stays_off_under_a_paused_clock() {
         let w = TimeWindow::new(Duration::from_millis(100), Instant::now(), true);
