@@ -1343,7 +1343,7 @@ mod tests {
         let ticker = runtime.block_on(async {
             let ticker = tokio::spawn(tick(Arc::downgrade(&coarse), Instant::now(), 1_000_000));
             tokio::task::yield_now().await;
-            ticker
+            ticker.abort_handle()
         });
         coarse.publish(7);
         assert_eq!(coarse.get(), Some(7));
