@@ -46,7 +46,7 @@ const DEFAULT_TIME_WINDOW: Duration = Duration::from_millis(2_500);
 /// Adaptive throttling's multiplier in the defaults.
 const DEFAULT_THROTTLE: f64 = 2.0;
 const MAX_THROTTLE: f64 = 100.0;
-const MAX_COUNT_WINDOW: u32 = 100_000;
+pub(super) const MAX_COUNT_WINDOW: u32 = 100_000;
 const MAX_HALF_OPEN_CALLS: u32 = 1_000;
 const MIN_TIME_WINDOW: Duration = Duration::from_millis(10);
 

@@ -540,7 +540,11 @@ impl Shared {
         let p = ((requests - t.k * accepts - t.protection) / (requests + 1.0)).clamp(0.0, 1.0);
         // In units of 2^-32: a draw is the high half of a 64-bit number.
         let p = (p * 4_294_967_296.0) as u64;
-        t.p.store(p, Relaxed);
+        // Stored only when it changes: the line is read by every thread's failures,
+        // and under a healthy load `p` stays 0.
+        if t.p.load(Relaxed) != p {
+            t.p.store(p, Relaxed);
+        }
         self.set_shedding(epoch, p > 0);
     }
 

@@ -1,6 +1,7 @@
 //! [`Recorder`]: what a call carries from its admission to its outcome, and the
 //! closed call's finish, inline.
 
+use std::mem::ManuallyDrop;
 use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 
@@ -18,8 +19,11 @@ use crate::Outcome;
 /// recorder before [`Recorder::finish`] gives its permit back and counts nothing.
 #[derive(Debug)]
 pub(crate) struct Recorder {
-    /// `None` once finished or given back.
-    shard: Option<Arc<Shard>>,
+    /// `None` once finished or given back. Never dropped in place: the recorder's drop
+    /// hands it to [`abandon`](Self::abandon), out of line, so that dropping a finished
+    /// call's future is one check (the drop glue of an `Arc` is not small enough for it
+    /// to be inlined into the caller's loop).
+    shard: ManuallyDrop<Option<Arc<Shard>>>,
     /// The epoch the call was admitted in (low 32 bits), the id of a half-open trial
     /// whose permit is still held (the next 31, zero for none), and [`TIMED`]: one
     /// word, so that finishing a plain closed-state call checks one value.
@@ -65,7 +69,7 @@ impl Recorder {
         };
         Self {
             tag: u64::from(epoch) | shard.timed,
-            shard: Some(shard),
+            shard: ManuallyDrop::new(Some(shard)),
             start,
         }
     }
@@ -84,7 +88,7 @@ impl Recorder {
     #[inline]
     pub(crate) fn rejected(shard: Arc<Shard>) -> Self {
         Self {
-            shard: Some(shard),
+            shard: ManuallyDrop::new(Some(shard)),
             tag: 0,
             start: 0,
         }
@@ -102,7 +106,7 @@ impl Recorder {
     /// A recorder that counts nothing.
     pub(crate) fn idle() -> Self {
         Self {
-            shard: None,
+            shard: ManuallyDrop::new(None),
             tag: 0,
             start: 0,
         }

@@ -74,14 +74,25 @@ pub(crate) struct CountWindow {
 /// window every call takes a position, and taking each one from the shared counter
 /// moved its cache line between cores on every call. Only the thread owning the slot
 /// reads or writes it.
+///
+/// One word, so that a call takes its position with one load and one store: the low
+/// [`LEFT_BITS`] hold the positions of the block not yet used, the next
+/// [`INDEX_BITS_OF_BLOCK`] the index in the window of the block's next position, and
+/// the high 32 the low half of the window's `generation` when the block was taken.
 #[derive(Debug, Default)]
-struct Block {
-    /// The index in the window of the block's next position.
-    index: AtomicU64,
-    /// Positions of the block not yet used.
-    left: AtomicU64,
-    /// The window's `generation` when the block was taken.
-    generation: AtomicU64,
+struct Block(AtomicU64);
+
+/// Bits of a [`Block`] holding the positions left (at most 63).
+const LEFT_BITS: u32 = 8;
+/// Bits of a [`Block`] holding an index in the window.
+const INDEX_BITS_OF_BLOCK: u32 = 24;
+const _: () = assert!(super::builder::MAX_COUNT_WINDOW as u64 <= 1 << INDEX_BITS_OF_BLOCK);
+const _: () = assert!(64 <= 1 << LEFT_BITS);
+
+impl Block {
+    fn pack(generation: u64, index: u64, left: u64) -> u64 {
+        (generation << 32) | (index << LEFT_BITS) | left
+    }
 }
 
 /// The positions in a block: a sixteenth of the window, 1 to 64 (1: no blocks).
@@ -136,15 +147,17 @@ impl CountWindow {
     #[inline]
     fn take_index(&self, slot: usize) -> u64 {
         if let Some(block) = self.blocks.get(slot) {
-            let generation = self.generation.load(Relaxed);
-            let left = block.left.load(Relaxed);
-            if left > 0 && block.generation.load(Relaxed) == generation {
-                let index = block.index.load(Relaxed);
-                block.left.store(left - 1, Relaxed);
+            let block: &Block = block;
+            let generation = self.generation.load(Relaxed) as u32;
+            let b = block.0.load(Relaxed);
+            let left = b & ((1 << LEFT_BITS) - 1);
+            if left > 0 && (b >> 32) as u32 == generation {
+                let index = (b >> LEFT_BITS) & ((1 << INDEX_BITS_OF_BLOCK) - 1);
                 let next = index + 1;
+                let next = if next == self.size { 0 } else { next };
                 block
-                    .index
-                    .store(if next == self.size { 0 } else { next }, Relaxed);
+                    .0
+                    .store(Block::pack(u64::from(generation), next, left - 1), Relaxed);
                 return index;
             }
             if self.pos.load(Relaxed) >= self.size {
@@ -160,14 +173,14 @@ impl CountWindow {
     /// `size` calls.
     #[cold]
     #[inline(never)]
-    fn take_block(&self, block: &Block, generation: u64) -> u64 {
+    fn take_block(&self, block: &Block, generation: u32) -> u64 {
         let start = self.pos.fetch_add(self.block, Relaxed) % self.size;
         let next = start + 1;
-        block
-            .index
-            .store(if next == self.size { 0 } else { next }, Relaxed);
-        block.left.store(self.block - 1, Relaxed);
-        block.generation.store(generation, Relaxed);
+        let next = if next == self.size { 0 } else { next };
+        block.0.store(
+            Block::pack(u64::from(generation), next, self.block - 1),
+            Relaxed,
+        );
         start
     }
 
@@ -207,7 +220,23 @@ impl CountWindow {
         {
             return;
         }
-        self.record(false, false, slot);
+        self.take_success(slot);
+    }
+
+    /// [`record`](Self::record) for a success that is not slow: its position, and the
+    /// failure (or slow call) it pushes out of the window, if any.
+    #[inline(never)]
+    fn take_success(&self, slot: usize) {
+        let index = self.take_index(slot);
+        let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
+        if put_bit(&self.fail_bits[word], bit, false) != 0 {
+            self.failures.fetch_sub(1, Relaxed);
+        }
+        if let Some(slow_bits) = &self.slow_bits {
+            if put_bit(&slow_bits[word], bit, false) != 0 {
+                self.slow.fetch_sub(1, Relaxed);
+            }
+        }
     }
 
     /// [`totals`](Self::totals) read with read-modify-writes, which see the latest
@@ -578,7 +607,17 @@ impl TimeWindow {
     /// With `coarse_clock`, and within a tokio runtime, a ticker task advances the
     /// window's [`Coarse`] clock.
     pub(crate) fn new(window: Duration, start: Instant, coarse_clock: bool) -> Self {
-        let stripes = (parallelism() * 2).clamp(8, 128);
+        Self::with_stripes(
+            window,
+            start,
+            coarse_clock,
+            (parallelism() * 2).clamp(8, 128),
+        )
+    }
+
+    /// [`new`](Self::new) with `stripes` stripes of its own (at most 128) besides the
+    /// shared one.
+    fn with_stripes(window: Duration, start: Instant, coarse_clock: bool, stripes: usize) -> Self {
         let width = (nanos(window) / BUCKETS).max(1);
         let coarse = Arc::new(Coarse {
             tick: AtomicU64::new(0),
@@ -1015,6 +1054,26 @@ mod tests {
     }
 
     #[test]
+    fn a_block_taken_after_calls_without_one_follows_them() {
+        // Calls from a thread without a block move the shared counter on by one each,
+        // past `2 * size`; a block taken after them starts where they stopped, so one
+        // thread's window is still exactly its last `size` calls.
+        let w = CountWindow::new(160, false);
+        for _ in 0..1000 {
+            w.record(false, false, usize::MAX);
+        }
+        assert_eq!(w.pos.load(Relaxed), 1000);
+        for i in 1..=160 {
+            let t = w.record(true, false, 0).unwrap();
+            assert_eq!((t.calls, t.failures), (160, i));
+        }
+        for i in 1..=160 {
+            w.record(false, false, 0);
+            assert_eq!(w.totals().failures, 160 - i);
+        }
+    }
+
+    #[test]
     fn successes_into_a_full_clean_window_take_no_position_and_still_slide() {
         for slot in SLOTS {
             let w = CountWindow::new(10, false);
@@ -1246,6 +1305,23 @@ mod tests {
         assert_eq!(w.current_tick(Some(at(55))), 5);
         assert!(w.coarse.off.load(Relaxed));
         assert_eq!(w.coarse.get(), None);
+    }
+
+    #[test]
+    fn a_failure_counts_the_calls_of_every_stripe() {
+        // As many stripes as a 64-core machine has: the marks of the stripes that
+        // counted span two words.
+        let w = TimeWindow::with_stripes(Duration::from_secs(10), Instant::now(), false, 128);
+        let slots = [0, 1, 63, 64, 65, 100, 127, usize::MAX];
+        for (n, slot) in slots.into_iter().enumerate() {
+            for _ in 0..=n {
+                w.record_success(None, slot);
+            }
+        }
+        let tick = w.current_tick(None);
+        let (totals, _) = w.record(true, false, tick, 5, false).unwrap();
+        let successes = (1..=slots.len() as u64).sum::<u64>();
+        assert_eq!((totals.calls, totals.failures), (successes + 1, 1));
     }
 
     #[test]
