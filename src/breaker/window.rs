@@ -510,6 +510,14 @@ const INDEX_BITS: u32 = 5;
 const _: () = assert!(KEPT <= 1 << INDEX_BITS);
 
 impl Coarse {
+    /// A coarse clock that no ticker publishes yet.
+    fn unpublished() -> Self {
+        Self {
+            tick: AtomicU64::new(0),
+            off: AtomicBool::new(false),
+        }
+    }
+
     /// The published tick, if any.
     #[inline(always)]
     fn get(&self) -> Option<u64> {
@@ -619,10 +627,7 @@ impl TimeWindow {
     /// shared one.
     fn with_stripes(window: Duration, start: Instant, coarse_clock: bool, stripes: usize) -> Self {
         let width = (nanos(window) / BUCKETS).max(1);
-        let coarse = Arc::new(Coarse {
-            tick: AtomicU64::new(0),
-            off: AtomicBool::new(false),
-        });
+        let coarse = Arc::new(Coarse::unpublished());
         // Not under loom, whose models run the breaker without a runtime anyway.
         #[cfg(not(steadfast_loom))]
         let ticker = tokio::runtime::Handle::try_current()
@@ -1056,8 +1061,8 @@ mod tests {
     #[test]
     fn a_block_taken_after_calls_without_one_follows_them() {
         // Calls from a thread without a block move the shared counter on by one each,
-        // past `2 * size`; a block taken after them starts where they stopped, so one
-        // thread's window is still exactly its last `size` calls.
+        // laps past the window's size; a block taken after them starts where they
+        // stopped, so one thread's window is still exactly its last `size` calls.
         let w = CountWindow::new(160, false);
         for _ in 0..1000 {
             w.record(false, false, usize::MAX);
@@ -1407,10 +1412,7 @@ mod tests {
         // Once its runtime is gone nothing advances the coarse clock: it must not stay
         // published. The tick is published by hand (a ticker publishes only on a real
         // clock); the ticker task is started, then dropped with its runtime.
-        let coarse = Arc::new(Coarse {
-            tick: AtomicU64::new(0),
-            off: AtomicBool::new(false),
-        });
+        let coarse = Arc::new(Coarse::unpublished());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
