@@ -58,10 +58,12 @@ pub(crate) struct CountWindow {
     size: u64,
     /// Positions handed out so far (the window holds the last `size` of them).
     pos: CachePadded<AtomicU64>,
-    fail_bits: Box<[AtomicU64]>,
-    slow_bits: Option<Box<[AtomicU64]>>,
-    failures: AtomicI64,
-    slow: AtomicI64,
+    fail_bits: Bits,
+    slow_bits: Option<Bits>,
+    /// Written by every failure (and every call that pushes one out), read by every
+    /// call: on a line of its own, so that the fields above, read by every call and
+    /// written only by a reset, are not moved between cores with it.
+    tally: CachePadded<Tally>,
     /// Positions a thread takes at once from `pos` once the window is full, and each
     /// thread slot's block; none for windows too small to share out.
     block: u64,
@@ -100,10 +102,43 @@ fn block_size(size: u64) -> u64 {
     (size / 16).clamp(1, 64)
 }
 
-fn bits(size: u32) -> Box<[AtomicU64]> {
-    (0..(size as usize).div_ceil(64))
-        .map(|_| AtomicU64::new(0))
-        .collect()
+/// The failures and slow calls whose bits are set in a count window.
+#[derive(Debug, Default)]
+struct Tally {
+    failures: AtomicI64,
+    slow: AtomicI64,
+}
+
+/// Words of padding on each side of a count window's bits: 128 bytes.
+const PAD_WORDS: usize = 16;
+
+/// A count window's bits, one per position, with [`PAD_WORDS`] unused words on each
+/// side, so that no cache line (or pair of lines, which some cores fetch together)
+/// holding them holds anything else: a 16-byte allocation shares its line with
+/// whatever the allocator put beside it, perhaps written by every call of a thread.
+#[derive(Debug)]
+struct Bits(Box<[AtomicU64]>);
+
+impl Bits {
+    fn new(size: u32) -> Self {
+        let words = (size as usize).div_ceil(64) + 2 * PAD_WORDS;
+        Self((0..words).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// The word holding the bit of `index`, and the bit.
+    #[inline(always)]
+    fn of(&self, index: u64) -> (&AtomicU64, u64) {
+        (
+            &self.0[PAD_WORDS + (index / 64) as usize],
+            1 << (index % 64),
+        )
+    }
+
+    fn clear(&self) {
+        for word in self.0.iter() {
+            word.store(0, Relaxed);
+        }
+    }
 }
 
 /// Sets or clears `bit` in `word`; returns how the number of set bits changed.
@@ -131,10 +166,9 @@ impl CountWindow {
         Self {
             size,
             pos: CachePadded(AtomicU64::new(0)),
-            fail_bits: bits(size as u32),
-            slow_bits: track_slow.then(|| bits(size as u32)),
-            failures: AtomicI64::new(0),
-            slow: AtomicI64::new(0),
+            fail_bits: Bits::new(size as u32),
+            slow_bits: track_slow.then(|| Bits::new(size as u32)),
+            tally: CachePadded::default(),
             block,
             blocks: (0..blocks).map(|_| CachePadded::default()).collect(),
             generation: AtomicU64::new(0),
@@ -191,15 +225,16 @@ impl CountWindow {
     #[inline(never)]
     pub(crate) fn record(&self, failed: bool, slow: bool, slot: usize) -> Option<Totals> {
         let index = self.take_index(slot);
-        let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
-        let delta = put_bit(&self.fail_bits[word], bit, failed);
+        let (word, bit) = self.fail_bits.of(index);
+        let delta = put_bit(word, bit, failed);
         if delta != 0 {
-            self.failures.fetch_add(delta, Relaxed);
+            self.tally.failures.fetch_add(delta, Relaxed);
         }
         if let Some(slow_bits) = &self.slow_bits {
-            let delta = put_bit(&slow_bits[word], bit, slow);
+            let (word, bit) = slow_bits.of(index);
+            let delta = put_bit(word, bit, slow);
             if delta != 0 {
-                self.slow.fetch_add(delta, Relaxed);
+                self.tally.slow.fetch_add(delta, Relaxed);
             }
         }
         (failed || slow).then(|| self.latest_totals())
@@ -214,8 +249,8 @@ impl CountWindow {
     /// counts as the older of the two.
     #[inline(always)]
     pub(crate) fn record_success(&self, slot: usize) {
-        if (self.slow_bits.is_none() || self.slow.load(Relaxed) == 0)
-            && self.failures.load(Relaxed) == 0
+        if (self.slow_bits.is_none() || self.tally.slow.load(Relaxed) == 0)
+            && self.tally.failures.load(Relaxed) == 0
             && self.pos.load(Relaxed) >= self.size
         {
             return;
@@ -228,13 +263,14 @@ impl CountWindow {
     #[inline(never)]
     fn take_success(&self, slot: usize) {
         let index = self.take_index(slot);
-        let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
-        if put_bit(&self.fail_bits[word], bit, false) != 0 {
-            self.failures.fetch_sub(1, Relaxed);
+        let (word, bit) = self.fail_bits.of(index);
+        if put_bit(word, bit, false) != 0 {
+            self.tally.failures.fetch_sub(1, Relaxed);
         }
         if let Some(slow_bits) = &self.slow_bits {
-            if put_bit(&slow_bits[word], bit, false) != 0 {
-                self.slow.fetch_sub(1, Relaxed);
+            let (word, bit) = slow_bits.of(index);
+            if put_bit(word, bit, false) != 0 {
+                self.tally.slow.fetch_sub(1, Relaxed);
             }
         }
     }
@@ -254,13 +290,13 @@ impl CountWindow {
             self.pos.fetch_add(0, Relaxed).min(self.size)
         };
         let slow = if self.slow_bits.is_some() {
-            self.slow.fetch_add(0, Relaxed).max(0) as u64
+            self.tally.slow.fetch_add(0, Relaxed).max(0) as u64
         } else {
             0
         };
         Totals {
             calls,
-            failures: self.failures.fetch_add(0, Relaxed).max(0) as u64,
+            failures: self.tally.failures.fetch_add(0, Relaxed).max(0) as u64,
             slow,
             shed: 0,
         }
@@ -271,8 +307,8 @@ impl CountWindow {
         // between its bit swap and its counter update; it is never read as negative.
         Totals {
             calls: self.pos.load(Relaxed).min(self.size),
-            failures: self.failures.load(Relaxed).max(0) as u64,
-            slow: self.slow.load(Relaxed).max(0) as u64,
+            failures: self.tally.failures.load(Relaxed).max(0) as u64,
+            slow: self.tally.slow.load(Relaxed).max(0) as u64,
             shed: 0,
         }
     }
@@ -280,12 +316,12 @@ impl CountWindow {
     pub(crate) fn reset(&self) {
         self.generation.fetch_add(1, Relaxed);
         self.pos.store(0, Relaxed);
-        let slow = self.slow_bits.iter().flat_map(|b| b.iter());
-        for word in self.fail_bits.iter().chain(slow) {
-            word.store(0, Relaxed);
+        self.fail_bits.clear();
+        if let Some(slow_bits) = &self.slow_bits {
+            slow_bits.clear();
         }
-        self.failures.store(0, Relaxed);
-        self.slow.store(0, Relaxed);
+        self.tally.failures.store(0, Relaxed);
+        self.tally.slow.store(0, Relaxed);
     }
 }
 
