@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use steadfast::breaker::error::Open;
-use steadfast::breaker::{Breaker, BreakerService, Snapshot};
+use steadfast::breaker::{Breaker, BreakerService, Snapshot, State};
 use steadfast::Outcome;
 use tower::util::ServiceFn;
 use tower::{service_fn, Layer, Service};
@@ -304,4 +304,45 @@ fn calls_made_while_a_thread_exits_are_counted() {
     .join()
     .expect("thread");
     assert_counts(&breaker.snapshot(), 1 + CALLS / 2, CALLS / 2, 0);
+}
+
+#[test]
+fn a_failure_rate_counts_the_calls_of_every_thread() {
+    // A failure sums other threads' latest calls only when its own totals could trip
+    // a rule: successes made on another thread must still hold the rate down.
+    let breaker = Breaker::builder("rates")
+        .time_window(Duration::from_secs(60))
+        .failure_rate(0.5)
+        .min_calls(4)
+        .build()
+        .expect("valid config");
+    let errors_fail = |r: &Answer| match r {
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::Failure,
+    };
+    let make = || {
+        breaker
+            .layer()
+            .layer(service_fn(answer as fn(u64) -> Ready<Answer>))
+            .classify(errors_fail as fn(&Answer) -> Outcome)
+    };
+    // One success here first, so that this thread holds its slot (and its stripe of
+    // the window) while the other thread takes another.
+    let mut svc = make();
+    poll_once(call(&mut svc, 0)).expect("even requests succeed");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut svc = make();
+            for n in 1..10 {
+                poll_once(call(&mut svc, 2 * n)).expect("even requests succeed");
+            }
+        });
+    });
+    for n in 0..9 {
+        let _ = poll_once(call(&mut svc, 2 * n + 1));
+        // 9 failures of 19 calls at most: below the rate.
+        assert_eq!(breaker.state(), State::Closed, "after {} failures", n + 1);
+    }
+    let _ = poll_once(call(&mut svc, 1));
+    assert_eq!(breaker.state(), State::Open, "10 failures of 20 calls");
 }

@@ -697,7 +697,8 @@ impl Shared {
             Some(Window::Count(w)) => (w.record(failed, slow, slot), None),
             Some(Window::Time(w)) => {
                 let tick = w.current_tick(end);
-                match w.record(failed, slow, tick, slot, self.throttle.is_some()) {
+                let may_act = |window, throttle| self.may_act(window, throttle);
+                match w.record(failed, slow, tick, slot, self.throttle.is_some(), may_act) {
                     Some((totals, throttle)) => (Some(totals), throttle),
                     None => (None, None),
                 }
@@ -721,6 +722,34 @@ impl Shared {
         } else if let Some(totals) = throttle_totals {
             self.rethrottle(epoch, totals);
         }
+    }
+
+    /// Whether totals that may count fewer calls than the window holds (the same
+    /// failed, slow and shed calls) could trip a rate rule, or move the throttle,
+    /// were they complete: see [`TimeWindow::record`]. With more calls a rate only
+    /// falls, and so does the throttle's excess of requests over `k` accepts
+    /// (`k >= 1`), once there are as many calls as failures.
+    fn may_act(&self, window: Totals, throttle: Option<Totals>) -> bool {
+        let trips = self.config.rates.is_some_and(|rules| {
+            let at_least =
+                |n: u64, r: f64| window.calls == 0 || n as f64 / window.calls as f64 >= r;
+            rules
+                .failure_rate
+                .is_some_and(|r| at_least(window.failures, r))
+                || rules.slow.is_some_and(|(_, r)| at_least(window.slow, r))
+        });
+        let sheds = match (&self.throttle, throttle) {
+            (Some(t), Some(totals)) => {
+                // The excess is largest with as few calls as there are failures.
+                let calls = totals.calls.max(totals.failures) as f64;
+                let accepts = calls - totals.failures as f64;
+                let excess = calls + totals.shed as f64 - t.k * accepts - t.protection;
+                // Counts are whole: half a call of margin for rounding.
+                t.p.load(Relaxed) != 0 || excess > -0.5
+            }
+            _ => false,
+        };
+        trips || sheds
     }
 
     /// Counts a failure in a row for `epoch`: the count now, or 0 if the epoch is over.
@@ -1024,5 +1053,59 @@ impl Shared {
             _ => return None,
         };
         Some(Duration::from_nanos(until.saturating_sub(self.now())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Breaker;
+    use super::*;
+
+    fn totals(calls: u64, failures: u64, slow: u64, shed: u64) -> Totals {
+        Totals {
+            calls,
+            failures,
+            slow,
+            shed,
+        }
+    }
+
+    #[test]
+    fn partial_totals_are_completed_only_when_complete_ones_could_act() {
+        let breaker = Breaker::builder("t")
+            .time_window(Duration::from_secs(10))
+            .failure_rate(0.8)
+            .min_calls(20)
+            .adaptive_throttling(2.0)
+            .build()
+            .unwrap();
+        let shared = &breaker.shared;
+        // The rate rule: 33 of 45 is below 0.8, and more calls only lower it.
+        assert!(!shared.may_act(totals(45, 33, 0, 0), None));
+        assert!(shared.may_act(totals(40, 32, 0, 0), None));
+        assert!(shared.may_act(totals(0, 1, 0, 0), None));
+        // The throttle (k = 2, 20 requests never shed): 45 requests exceed twice 12
+        // accepts by 21, past the 20; with 13 accepts they do not.
+        let both = |t: Totals| shared.may_act(t, Some(t));
+        assert!(both(totals(45, 33, 0, 0)));
+        assert!(!both(totals(45, 32, 0, 0)));
+        // Shed calls are requests too.
+        assert!(both(totals(45, 32, 0, 2)));
+        // Already shedding: the throttle is always brought up to date.
+        let throttle = shared.throttle.as_ref().unwrap();
+        throttle.p.store(1, Relaxed);
+        assert!(both(totals(45, 32, 0, 0)));
+        throttle.p.store(0, Relaxed);
+
+        let breaker = Breaker::builder("slow")
+            .time_window(Duration::from_secs(10))
+            .failure_rate(0.5)
+            .slow_calls(Duration::from_secs(1), 0.5)
+            .build()
+            .unwrap();
+        let shared = &breaker.shared;
+        assert!(shared.may_act(totals(10, 0, 5, 0), None));
+        assert!(!shared.may_act(totals(10, 4, 4, 0), None));
+        assert!(shared.may_act(totals(10, 5, 0, 0), None));
     }
 }

@@ -850,6 +850,13 @@ impl TimeWindow {
     /// totals after it when it failed or was slow (it could trip a rule), and with
     /// `throttled` and a failure the throttle's as well (see
     /// [`throttle_totals`](Self::throttle_totals)), from the same read of the buckets.
+    ///
+    /// The calls of the last two tenths are summed over every thread's stripe only
+    /// when `may_act` says that totals counting just this thread's (fewer calls than
+    /// there are, the same failures, slow and shed calls) could trip a rule or move
+    /// the throttle: reading another thread's stripe, which it writes on every call,
+    /// moves that line between cores twice. Else the partial totals are returned:
+    /// with as many calls or more, no rule could act on them either.
     #[inline]
     pub(crate) fn record(
         &self,
@@ -858,6 +865,7 @@ impl TimeWindow {
         tick: u64,
         slot: usize,
         throttled: bool,
+        may_act: impl FnOnce(Totals, Option<Totals>) -> bool,
     ) -> Option<(Totals, Option<Totals>)> {
         let bucket = (tick % KEPT) as usize;
         let (stripe, owned) = stripe_of(slot, self.calls.len());
@@ -870,13 +878,27 @@ impl TimeWindow {
         if slow {
             bump_stamped(&self.slow[bucket], tick, false);
         }
-        if throttled && failed {
-            let live = self.sum_ages(tick, 0..LIVE);
-            let (window, kept) = self.past_both(tick);
-            Some((window + live, Some(kept + live)))
-        } else {
-            (failed || slow).then(|| (self.totals(tick), None))
+        if !(failed || slow) {
+            return None;
         }
+        let (window, kept) = if throttled && failed {
+            let (window, kept) = self.past_both(tick);
+            (window, Some(kept))
+        } else {
+            (self.past(tick, BUCKETS), None)
+        };
+        let mut others = self.used_marks();
+        let mine = mark_of(stripe);
+        for (w, bits) in others.iter_mut().enumerate() {
+            *bits &= !mine[w];
+        }
+        let live = self.sum_stripes(tick, 0..LIVE, mine, true);
+        let (window, kept) = (window + live, kept.map(|k| k + live));
+        if others == [0; USED_WORDS] || !may_act(window, kept) {
+            return Some((window, kept));
+        }
+        let rest = self.sum_stripes(tick, 0..LIVE, others, false);
+        Some((window + rest, kept.map(|k| k + rest)))
     }
 
     /// Records one call shed at `tick` by adaptive throttling; the throttle's totals
@@ -954,23 +976,41 @@ impl TimeWindow {
 
     /// The totals of the buckets `ages` ticks before `tick` (0: `tick`'s own).
     fn sum_ages(&self, tick: u64, ages: std::ops::Range<u64>) -> Totals {
-        let used: [u64; USED_WORDS] = std::array::from_fn(|w| self.used[w].load(Relaxed));
+        self.sum_stripes(tick, ages, self.used_marks(), true)
+    }
+
+    /// The stripes that have counted calls (see [`used`](Self::used)).
+    fn used_marks(&self) -> [u64; USED_WORDS] {
+        std::array::from_fn(|w| self.used[w].load(Relaxed))
+    }
+
+    /// [`sum_ages`](Self::sum_ages) over the calls of the stripes marked in `stripes`
+    /// only, and with `shared` the failed, slow and shed calls (else none).
+    fn sum_stripes(
+        &self,
+        tick: u64,
+        ages: std::ops::Range<u64>,
+        stripes: [u64; USED_WORDS],
+        shared: bool,
+    ) -> Totals {
         let mut totals = Totals::default();
         for age in ages {
             // Where `record` put the count of `tick - age` (stamps wrap, and so do
             // ticks before the first).
             let bucket = (stamp(tick.wrapping_sub(age)) % KEPT) as usize;
             let count = |ring: &Ring| count_aged(&ring[bucket], tick, age);
-            for (w, mut bits) in used.into_iter().enumerate() {
+            for (w, mut bits) in stripes.into_iter().enumerate() {
                 while bits != 0 {
                     let stripe = w * 64 + bits.trailing_zeros() as usize;
                     bits &= bits - 1;
                     totals.calls += count(&self.calls[stripe].ring);
                 }
             }
-            totals.failures += count(&self.failures);
-            totals.slow += count(&self.slow);
-            totals.shed += count(&self.shed);
+            if shared {
+                totals.failures += count(&self.failures);
+                totals.slow += count(&self.slow);
+                totals.shed += count(&self.shed);
+            }
         }
         totals
     }
@@ -1007,6 +1047,17 @@ impl Drop for TimeWindow {
             ticker.abort();
         }
     }
+}
+
+/// The marks of [`TimeWindow::used`] with only `stripe`'s set.
+fn mark_of(stripe: usize) -> [u64; USED_WORDS] {
+    std::array::from_fn(|w| {
+        if w == stripe / 64 {
+            1 << (stripe % 64)
+        } else {
+            0
+        }
+    })
 }
 
 /// Whether a success counted on `stripe` is due to check the coarse clock.
@@ -1172,15 +1223,15 @@ mod tests {
     fn time_window_forgets_old_buckets() {
         let w = TimeWindow::new(Duration::from_secs(10), Instant::now(), true);
         let sec = 1_000_000_000;
-        w.record(true, false, w.tick(0), 0, false);
-        w.record(false, false, w.tick(5 * sec), 0, false);
+        w.record(true, false, w.tick(0), 0, false, |_, _| true);
+        w.record(false, false, w.tick(5 * sec), 0, false, |_, _| true);
         assert_eq!(w.totals(w.tick(9 * sec)).failures, 1);
         // At 10 s the bucket of second 0 has left the window.
         let t = w.totals(w.tick(10 * sec));
         assert_eq!((t.calls, t.failures), (1, 0));
         // Recycling a bucket drops its old counts.
         let (t, _) = w
-            .record(true, false, w.tick(20 * sec + 1), 0, false)
+            .record(true, false, w.tick(20 * sec + 1), 0, false, |_, _| true)
             .unwrap();
         assert_eq!((t.calls, t.failures), (1, 1));
     }
@@ -1243,7 +1294,7 @@ mod tests {
             let failed = rng.bool();
             let slow = rng.u8(..) < 30;
             let throttled = rng.bool();
-            if let Some((t, kept)) = w.record(failed, slow, at, slot, throttled) {
+            if let Some((t, kept)) = w.record(failed, slow, at, slot, throttled, |_, _| true) {
                 assert_eq!(t, brute(at, BUCKETS), "at {at}");
                 assert_eq!(kept.is_some(), throttled && failed);
                 if let Some(kept) = kept {
@@ -1322,7 +1373,7 @@ mod tests {
             stripe.ring[0].store(SATURATED, Relaxed);
             w.mark_used(i);
         }
-        w.record(false, false, 0, 0, false);
+        w.record(false, false, 0, 0, false, |_, _| true);
         assert_eq!(w.totals(0).calls, SATURATED * w.calls.len() as u64);
     }
 
@@ -1360,9 +1411,43 @@ mod tests {
             }
         }
         let tick = w.current_tick(None);
-        let (totals, _) = w.record(true, false, tick, 5, false).unwrap();
+        let (totals, _) = w.record(true, false, tick, 5, false, |_, _| true).unwrap();
         let successes = (1..=slots.len() as u64).sum::<u64>();
         assert_eq!((totals.calls, totals.failures), (successes + 1, 1));
+    }
+
+    #[test]
+    fn a_failure_sums_other_threads_calls_only_when_they_could_matter() {
+        for throttled in [false, true] {
+            let w = TimeWindow::new(Duration::from_secs(10), Instant::now(), false);
+            for _ in 0..10 {
+                w.record_success(None, 0);
+            }
+            let tick = w.current_tick(None);
+            // Told that no rule could act: this thread's calls only, every failure.
+            let mut asked = None;
+            let (window, kept) = w
+                .record(true, false, tick, 1, throttled, |window, kept| {
+                    asked = Some((window, kept));
+                    false
+                })
+                .unwrap();
+            assert_eq!(asked, Some((window, kept)));
+            assert_eq!((window.calls, window.failures), (1, 1));
+            assert_eq!(kept.map(|k| k.calls), throttled.then_some(1));
+            // Told that one could: every thread's.
+            let (window, kept) = w
+                .record(true, false, tick, 1, throttled, |_, _| true)
+                .unwrap();
+            assert_eq!((window.calls, window.failures), (12, 2));
+            assert_eq!(kept.map(|k| k.calls), throttled.then_some(12));
+        }
+        // Alone in the window, a thread's calls are all there is: not asked.
+        let w = TimeWindow::new(Duration::from_secs(10), Instant::now(), false);
+        w.record_success(None, 1);
+        let tick = w.current_tick(None);
+        let totals = w.record(true, false, tick, 1, true, |_, _| unreachable!());
+        assert_eq!(totals.map(|(t, _)| t.calls), Some(2));
     }
 
     #[test]
