@@ -887,11 +887,11 @@ impl TimeWindow {
         } else {
             (self.past(tick, BUCKETS), None)
         };
+        let (word, bit) = (stripe / 64, 1u64 << (stripe % 64));
+        let mut mine = [0; USED_WORDS];
+        mine[word] = bit;
         let mut others = self.used_marks();
-        let mine = mark_of(stripe);
-        for (w, bits) in others.iter_mut().enumerate() {
-            *bits &= !mine[w];
-        }
+        others[word] &= !bit;
         let live = self.sum_stripes(tick, 0..LIVE, mine, true);
         let (window, kept) = (window + live, kept.map(|k| k + live));
         if others == [0; USED_WORDS] || !may_act(window, kept) {
@@ -1047,17 +1047,6 @@ impl Drop for TimeWindow {
             ticker.abort();
         }
     }
-}
-
-/// The marks of [`TimeWindow::used`] with only `stripe`'s set.
-fn mark_of(stripe: usize) -> [u64; USED_WORDS] {
-    std::array::from_fn(|w| {
-        if w == stripe / 64 {
-            1 << (stripe % 64)
-        } else {
-            0
-        }
-    })
 }
 
 /// Whether a success counted on `stripe` is due to check the coarse clock.
