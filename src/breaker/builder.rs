@@ -290,9 +290,10 @@ impl BreakerBuilder {
     ///
     /// A breaker built within a tokio runtime keeps the window's current tenth with a
     /// small task on that runtime, so that a successful call reads no clock; it runs
-    /// only while tokio's clock follows the real one (never when paused), every path
-    /// that can open the breaker checks it against the real clock, and without it (no
-    /// runtime, the runtime gone, a paused clock) each call reads the clock. A call in
+    /// only while tokio's clock follows the real one (never when paused), it is
+    /// checked against the real clock before the breaker opens or sheds on it and on
+    /// every 256th call of a thread, and without it (no runtime, the runtime gone, a
+    /// paused clock) each call reads the clock. A call in
     /// the last millisecond of a tenth may count in the next one.
     pub fn time_window(mut self, window: Duration) -> Self {
         self.time_window = Some(window);

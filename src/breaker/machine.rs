@@ -695,14 +695,7 @@ impl Shared {
         let (totals, throttle_totals) = match &self.window {
             None => (None, None),
             Some(Window::Count(w)) => (w.record(failed, slow, slot), None),
-            Some(Window::Time(w)) => {
-                let tick = w.current_tick(end);
-                let may_act = |window, throttle| self.may_act(window, throttle);
-                match w.record(failed, slow, tick, slot, self.throttle.is_some(), may_act) {
-                    Some((totals, throttle)) => (Some(totals), throttle),
-                    None => (None, None),
-                }
-            }
+            Some(Window::Time(w)) => self.record_in_time(w, failed, slow, end, slot),
         };
         if let (Some(totals), Some(rules)) = (totals, self.config.rates) {
             if totals.calls >= u64::from(rules.min_calls) {
@@ -722,6 +715,49 @@ impl Shared {
         } else if let Some(totals) = throttle_totals {
             self.rethrottle(epoch, totals);
         }
+    }
+
+    /// Counts a failed or slow call that ended at `end` in the time window `w`: the
+    /// window's totals after it, and with adaptive throttling those of the throttle's
+    /// span. The coarse clock's tick may be taken unchecked (see
+    /// [`TimeWindow::outcome_tick`]), but not acted on: totals that could trip a rule
+    /// or move the throttle are read again at the real clock's tick if the coarse one
+    /// turns out to lag.
+    fn record_in_time(
+        &self,
+        w: &TimeWindow,
+        failed: bool,
+        slow: bool,
+        end: Option<Instant>,
+        slot: usize,
+    ) -> (Option<Totals>, Option<Totals>) {
+        let (tick, checked) = w.outcome_tick(end, slot);
+        // What `record` found of the totals it returns, if it asked.
+        let asked = std::cell::Cell::new(None);
+        let may_act = |window, throttle| {
+            let could = self.may_act(window, throttle);
+            asked.set(Some(could));
+            could
+        };
+        let throttled = self.throttle.is_some();
+        let Some((mut totals, mut throttle)) =
+            w.record(failed, slow, tick, slot, throttled, may_act)
+        else {
+            return (None, None);
+        };
+        let could_act = || match asked.get() {
+            // Totals it could not act on come back as they were.
+            Some(false) => false,
+            // Completed, or never asked about.
+            _ => self.may_act(totals, throttle),
+        };
+        if !checked && could_act() {
+            if let Some(clock) = w.confirm(tick) {
+                totals = w.totals(clock);
+                throttle = throttle.map(|_| w.throttle_totals(clock));
+            }
+        }
+        (Some(totals), throttle)
     }
 
     /// Whether totals that may count fewer calls than the window holds (the same
@@ -1068,6 +1104,47 @@ mod tests {
             slow,
             shed,
         }
+    }
+
+    #[test]
+    fn a_failure_trips_on_an_unchecked_tick_only_once_the_real_clock_confirms_it() {
+        // No runtime: no ticker; the coarse clock is set by hand. 10 failures in 10
+        // calls trip the breaker; 9 are counted with their end, at a tick of their own.
+        let build = || {
+            Breaker::builder("t")
+                .time_window(Duration::from_secs(10))
+                .failure_rate(0.5)
+                .min_calls(10)
+                .build()
+                .unwrap()
+        };
+        let trips = |ahead: u64| {
+            let breaker = build();
+            let shared = &breaker.shared;
+            let Some(Window::Time(w)) = &shared.window else {
+                unreachable!("a time window was set");
+            };
+            let epoch = shared.word().epoch();
+            // `ahead` ticks (seconds) after the real clock's.
+            let end = Instant::now() + Duration::from_secs(ahead);
+            let tick = w.tick_of(end);
+            for _ in 0..9 {
+                shared.record_timed(epoch, Outcome::Failure, false, Some(end), 0);
+            }
+            assert_eq!(shared.state(), State::Closed);
+            w.publish_coarse(tick);
+            // The 10th on the coarse tick, unchecked.
+            shared.record_timed(epoch, Outcome::Failure, false, None, 0);
+            (
+                shared.state() != State::Closed,
+                w.coarse_tick() == Some(tick),
+            )
+        };
+        // The coarse tick agrees with the real clock: it trips.
+        assert_eq!(trips(0), (true, true));
+        // 20 ticks ahead: the real clock's window holds none of the ten, so it does
+        // not trip, and the coarse clock is off.
+        assert_eq!(trips(20), (false, false));
     }
 
     #[test]

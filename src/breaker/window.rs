@@ -343,8 +343,8 @@ struct Stripe {
     /// stripe's owner reads or writes them.
     from: AtomicU64,
     tick: AtomicU64,
-    /// Successes counted by the coarse clock since the stripe last checked it against
-    /// the real clock (see [`Coarse`]).
+    /// Calls counted by the coarse clock since the stripe last checked it against the
+    /// real clock (see [`Coarse`]).
     unchecked: AtomicU64,
 }
 
@@ -524,10 +524,12 @@ impl std::ops::Add for Totals {
 /// most of a closed call's cost with a time window).
 ///
 /// It stays exact where it matters: the ticker publishes each tick a little before
-/// its boundary (a call in the last millisecond of a tick may count in the next one),
-/// and every path that can trip or shed the breaker (a failure, a slow call, a shed
-/// call, a snapshot) reads the real clock and turns the coarse clock off for good if
-/// it lags by more than one tick, as does every 256th success of a thread. Without a
+/// its boundary (a call in the last millisecond of a tick may count in the next one);
+/// a shed call and a snapshot read the real clock, a failure or slow call does before
+/// its totals trip a rule or move the throttle (see `Shared::record_in_time`), as does
+/// every 256th call of a thread, and each turns the coarse clock off for good if it
+/// lags by more than one tick. A stalled ticker can so misplace at most 255 calls of
+/// a thread, in the tick it stalled in, before one of them finds it out. Without a
 /// runtime at build time, or once that runtime is gone, every call reads the clock as
 /// before.
 #[derive(Debug)]
@@ -538,7 +540,8 @@ struct Coarse {
     off: AtomicBool,
 }
 
-/// Successes between two checks of the coarse clock against the real one, per thread.
+/// Calls (successes, failures, slow calls) between two checks of the coarse clock
+/// against the real one, per thread.
 const CHECK_EVERY: u64 = 256;
 
 /// Bits of a published coarse tick that hold its bucket in a ring (`tick % KEPT`).
@@ -773,6 +776,45 @@ impl TimeWindow {
             Some(coarse) if self.coarse.agrees(coarse, clock) => coarse,
             _ => clock,
         }
+    }
+
+    /// Publishes `tick` on the coarse clock, as its ticker would.
+    #[cfg(test)]
+    pub(crate) fn publish_coarse(&self, tick: u64) {
+        self.coarse.publish(tick);
+    }
+
+    /// The coarse clock's tick, if it is published.
+    #[cfg(test)]
+    pub(crate) fn coarse_tick(&self) -> Option<u64> {
+        self.coarse.get()
+    }
+
+    /// The tick of a failure or slow call that ended at `end` (`None`: now) on the
+    /// thread in `slot`, and whether it was checked against the real clock. With the
+    /// coarse clock running, a call that did not bring its own `end` takes the coarse
+    /// tick unchecked (but every [`CHECK_EVERY`]th call of a thread, successes
+    /// included): its caller [`confirm`](Self::confirm)s it before acting on it.
+    #[inline]
+    pub(crate) fn outcome_tick(&self, end: Option<Instant>, slot: usize) -> (u64, bool) {
+        if end.is_none() {
+            if let Some(coarse) = self.coarse.get() {
+                let (stripe, owned) = stripe_of(slot, self.calls.len());
+                if !due(&self.calls[stripe], owned) {
+                    return (coarse, false);
+                }
+            }
+        }
+        (self.current_tick(end), true)
+    }
+
+    /// Checks `coarse`, an unchecked tick from [`outcome_tick`](Self::outcome_tick),
+    /// against the real clock: `None` if it stands, else the real clock's tick (and
+    /// the coarse clock is off for good, see [`Coarse`]).
+    #[cold]
+    pub(crate) fn confirm(&self, coarse: u64) -> Option<u64> {
+        let clock = self.tick_of(Instant::now());
+        (!self.coarse.agrees(coarse, clock)).then_some(clock)
     }
 
     /// [`tick_of`](Self::tick_of) `end`, from the thread's `cache` when `end` is in the
@@ -1049,7 +1091,7 @@ impl Drop for TimeWindow {
     }
 }
 
-/// Whether a success counted on `stripe` is due to check the coarse clock.
+/// Whether a call counted on `stripe` is due to check the coarse clock.
 #[inline(always)]
 fn due(stripe: &Stripe, owned: bool) -> bool {
     let n = if owned {
@@ -1386,6 +1428,48 @@ mod tests {
         assert_eq!(w.current_tick(Some(at(55))), 5);
         assert!(w.coarse.off.load(Relaxed));
         assert_eq!(w.coarse.get(), None);
+    }
+
+    #[test]
+    fn a_failure_takes_the_coarse_tick_unchecked_but_every_check_every_th_call() {
+        // No runtime: no ticker; the coarse clock is set by hand, 20 ticks ahead of
+        // the real one (`start` is now).
+        let start = Instant::now();
+        let w = TimeWindow::new(Duration::from_millis(100), start, true);
+        let late = start + Duration::from_millis(3);
+        // Without a coarse clock, the real one's, checked.
+        assert_eq!(w.outcome_tick(None, 0), (0, true));
+        w.coarse.publish(20);
+        // A call that brings its end is checked against it, whatever its turn.
+        assert_eq!(w.outcome_tick(Some(late), 0), (0, true));
+        assert!(w.coarse.off.load(Relaxed));
+        w.coarse.off.store(false, Relaxed);
+        w.coarse.publish(20);
+        // The turn counts successes and failures alike: after a success (its turn
+        // taken here) and 254 failures, the thread's 256th call is checked.
+        let (stripe, owned) = stripe_of(0, w.calls.len());
+        assert!(!due(&w.calls[stripe], owned));
+        for _ in 0..CHECK_EVERY - 2 {
+            assert_eq!(w.outcome_tick(None, 0), (20, false));
+        }
+        assert_eq!(w.coarse.get(), Some(20));
+        assert_eq!(w.outcome_tick(None, 0), (0, true));
+        assert!(w.coarse.off.load(Relaxed));
+    }
+
+    #[test]
+    fn an_unchecked_tick_is_confirmed_against_the_real_clock() {
+        let start = Instant::now();
+        let w = TimeWindow::new(Duration::from_secs(100), start, true);
+        // Within a tick of the real clock's (0, for the next 10 s): it stands.
+        w.coarse.publish(1);
+        assert_eq!(w.confirm(1), None);
+        assert_eq!(w.coarse.get(), Some(1));
+        // Two ahead: the real clock's tick, and the coarse clock off for good.
+        w.coarse.publish(2);
+        assert_eq!(w.confirm(2), Some(0));
+        assert_eq!(w.coarse.get(), None);
+        assert!(w.coarse.off.load(Relaxed));
     }
 
     #[test]
