@@ -404,6 +404,12 @@ pub(crate) struct TimeWindow {
     /// counts in a bucket: a failure sums only these, not every thread slot's (one or
     /// two threads busy among the 129 stripes of a 64-core machine).
     used: [AtomicU64; USED_WORDS],
+    /// [`SLOW_RING`] once a slow call was counted, [`SHED_RING`] once a shed one was:
+    /// until then a failure does not sum those rings (a breaker without the slow-call
+    /// rule or adaptive throttling never does). Set before the ring's first count,
+    /// but relaxed: a failure summing at that moment may miss that one count, as it
+    /// may any call counted at the same moment.
+    rings: AtomicU64,
     failures: CachePadded<Ring>,
     slow: CachePadded<Ring>,
     /// Calls shed by adaptive throttling, per bucket.
@@ -501,6 +507,11 @@ impl SealCell {
         self.seq.store(seq.wrapping_add(2), Release);
     }
 }
+
+/// In [`TimeWindow::rings`]: slow calls were counted.
+const SLOW_RING: u64 = 1;
+/// In [`TimeWindow::rings`]: shed calls were counted.
+const SHED_RING: u64 = 2;
 
 /// The buckets summed on every failure rather than sealed: the current tick's and the
 /// one before.
@@ -685,6 +696,7 @@ impl TimeWindow {
             width,
             calls: (0..=stripes).map(|_| CachePadded::default()).collect(),
             used: std::array::from_fn(|_| AtomicU64::new(0)),
+            rings: AtomicU64::new(0),
             failures: CachePadded::default(),
             slow: CachePadded::default(),
             shed: CachePadded::default(),
@@ -918,6 +930,7 @@ impl TimeWindow {
             bump_stamped(&self.failures[bucket], tick, false);
         }
         if slow {
+            self.ring_used(SLOW_RING);
             bump_stamped(&self.slow[bucket], tick, false);
         }
         if !(failed || slow) {
@@ -946,8 +959,18 @@ impl TimeWindow {
     /// Records one call shed at `tick` by adaptive throttling; the throttle's totals
     /// after it.
     pub(crate) fn record_shed(&self, tick: u64) -> Totals {
+        self.ring_used(SHED_RING);
         bump_stamped(&self.shed[(tick % KEPT) as usize], tick, false);
         self.throttle_totals(tick)
+    }
+
+    /// Marks the ring of `ring` ([`SLOW_RING`], [`SHED_RING`]) as one that counts; a
+    /// write only the first time.
+    #[inline]
+    fn ring_used(&self, ring: u64) {
+        if self.rings.load(Relaxed) & ring == 0 {
+            self.rings.fetch_or(ring, Relaxed);
+        }
     }
 
     /// The totals of the last two windows, up to `tick`: adaptive throttling counts
@@ -1036,6 +1059,7 @@ impl TimeWindow {
         shared: bool,
     ) -> Totals {
         let mut totals = Totals::default();
+        let rings = if shared { self.rings.load(Relaxed) } else { 0 };
         for age in ages {
             // Where `record` put the count of `tick - age` (stamps wrap, and so do
             // ticks before the first).
@@ -1050,8 +1074,12 @@ impl TimeWindow {
             }
             if shared {
                 totals.failures += count(&self.failures);
-                totals.slow += count(&self.slow);
-                totals.shed += count(&self.shed);
+                if rings & SLOW_RING != 0 {
+                    totals.slow += count(&self.slow);
+                }
+                if rings & SHED_RING != 0 {
+                    totals.shed += count(&self.shed);
+                }
             }
         }
         totals
