@@ -2,8 +2,9 @@
 //! fail costs every call: 50 million calls in one task through a consecutive-failure
 //! breaker, over an inner service that cannot fail (`Infallible`), one that can but
 //! never does, and one failing 1% and 10% of calls (a countdown, as the breaker bench's
-//! `support::failing`), plus the failing service alone. Prints ns per call; a plain
-//! timing loop rather than criterion, to keep the four rows in one steady process.
+//! `support::failing`), plus the failing service alone; and what boxing its error into
+//! the `BoxError` the breaker returns costs by itself, per error. Prints ns per call; a
+//! plain timing loop rather than criterion, to keep the rows in one steady process.
 //!
 //! ```text
 //! cargo bench --bench failure_cost
@@ -51,6 +52,28 @@ where
     println!("{name:<40} {ns:6.2} ns/call");
 }
 
+/// The inner service's error made and dropped, and made, boxed and dropped.
+fn boxing() {
+    let time = |boxed: bool| {
+        let start = Instant::now();
+        for _ in 0..CALLS {
+            let e: std::io::Error = black_box(std::io::ErrorKind::Other).into();
+            if boxed {
+                black_box(steadfast::BoxError::from(e));
+            } else {
+                black_box(e);
+            }
+        }
+        start.elapsed().as_nanos() as f64 / CALLS as f64
+    };
+    let (plain, boxed) = (time(false), time(true));
+    println!(
+        "{:<40} {:6.2} ns/error",
+        "boxing an io::Error into a BoxError",
+        boxed - plain
+    );
+}
+
 fn breaker() -> Breaker {
     Breaker::builder("cost")
         .consecutive_failures(5)
@@ -80,4 +103,5 @@ fn main() {
             drive(name, breaker().layer().layer(failing(every))).await;
         }
     });
+    boxing();
 }
