@@ -508,6 +508,13 @@ impl SealCell {
     }
 }
 
+/// Where a window's rings hold the count of the tick `age` ticks before `tick`
+/// (stamps wrap, and so do ticks before the first).
+#[inline(always)]
+fn bucket_of(tick: u64, age: u64) -> usize {
+    (stamp(tick.wrapping_sub(age)) % KEPT) as usize
+}
+
 /// In [`TimeWindow::rings`]: slow calls were counted.
 const SLOW_RING: u64 = 1;
 /// In [`TimeWindow::rings`]: shed calls were counted.
@@ -942,12 +949,14 @@ impl TimeWindow {
         } else {
             (self.past(tick, BUCKETS), None)
         };
-        let (word, bit) = (stripe / 64, 1u64 << (stripe % 64));
-        let mut mine = [0; USED_WORDS];
-        mine[word] = bit;
         let mut others = self.used_marks();
-        others[word] &= !bit;
-        let live = self.sum_stripes(tick, 0..LIVE, mine, true);
+        others[stripe / 64] &= !(1u64 << (stripe % 64));
+        // This thread's calls of the live ticks, and every thread's failures.
+        let mut live = self.sum_shared(tick, 0..LIVE);
+        let own = &self.calls[stripe].ring;
+        for age in 0..LIVE {
+            live.calls += count_aged(&own[bucket_of(tick, age)], tick, age);
+        }
         let (window, kept) = (window + live, kept.map(|k| k + live));
         if others == [0; USED_WORDS] || !may_act(window, kept) {
             return Some((window, kept));
@@ -1058,13 +1067,13 @@ impl TimeWindow {
         stripes: [u64; USED_WORDS],
         shared: bool,
     ) -> Totals {
-        let mut totals = Totals::default();
-        let rings = if shared { self.rings.load(Relaxed) } else { 0 };
+        let mut totals = if shared {
+            self.sum_shared(tick, ages.clone())
+        } else {
+            Totals::default()
+        };
         for age in ages {
-            // Where `record` put the count of `tick - age` (stamps wrap, and so do
-            // ticks before the first).
-            let bucket = (stamp(tick.wrapping_sub(age)) % KEPT) as usize;
-            let count = |ring: &Ring| count_aged(&ring[bucket], tick, age);
+            let count = |ring: &Ring| count_aged(&ring[bucket_of(tick, age)], tick, age);
             for (w, mut bits) in stripes.into_iter().enumerate() {
                 while bits != 0 {
                     let stripe = w * 64 + bits.trailing_zeros() as usize;
@@ -1072,14 +1081,23 @@ impl TimeWindow {
                     totals.calls += count(&self.calls[stripe].ring);
                 }
             }
-            if shared {
-                totals.failures += count(&self.failures);
-                if rings & SLOW_RING != 0 {
-                    totals.slow += count(&self.slow);
-                }
-                if rings & SHED_RING != 0 {
-                    totals.shed += count(&self.shed);
-                }
+        }
+        totals
+    }
+
+    /// The failed, slow and shed calls of the buckets `ages` ticks before `tick`.
+    #[inline]
+    fn sum_shared(&self, tick: u64, ages: std::ops::Range<u64>) -> Totals {
+        let mut totals = Totals::default();
+        let rings = self.rings.load(Relaxed);
+        for age in ages {
+            let count = |ring: &Ring| count_aged(&ring[bucket_of(tick, age)], tick, age);
+            totals.failures += count(&self.failures);
+            if rings & SLOW_RING != 0 {
+                totals.slow += count(&self.slow);
+            }
+            if rings & SHED_RING != 0 {
+                totals.shed += count(&self.shed);
             }
         }
         totals
