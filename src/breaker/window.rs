@@ -595,6 +595,7 @@ impl Coarse {
     }
 
     /// Publishes `tick` (a stamp).
+    #[cfg_attr(steadfast_loom, allow(dead_code))]
     fn publish(&self, tick: u64) {
         self.tick
             .store(((tick + 1) << INDEX_BITS) | (tick % KEPT), Relaxed);
@@ -622,6 +623,7 @@ impl Coarse {
 /// wake-up, once one interval has shown it, and never again once tokio's clock has
 /// jumped (paused and advanced, as in tests): a task cannot be sure to run between a
 /// jump and the next call, so the window then reads the clock on every call.
+#[cfg_attr(steadfast_loom, allow(dead_code))]
 async fn tick(coarse: Weak<Coarse>, start: Instant, width: u64) {
     struct Unpublish(Weak<Coarse>);
     impl Drop for Unpublish {
@@ -665,6 +667,7 @@ async fn tick(coarse: Weak<Coarse>, start: Instant, width: u64) {
 
 /// How far tokio's clock may move from the real one between two wake-ups of a ticker
 /// before it is taken for a paused (or advanced) clock.
+#[cfg_attr(steadfast_loom, allow(dead_code))]
 const DRIFT: u64 = 2_000_000;
 
 impl TimeWindow {
@@ -696,7 +699,10 @@ impl TimeWindow {
                     .abort_handle()
             });
         #[cfg(steadfast_loom)]
-        let ticker = None;
+        let ticker = {
+            let _ = (coarse_clock, start);
+            None
+        };
         Self {
             id: WINDOW_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             start,
