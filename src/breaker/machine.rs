@@ -722,7 +722,7 @@ impl Shared {
     /// span. The coarse clock's tick may be taken unchecked (see
     /// [`TimeWindow::outcome_tick`]), but not acted on: totals that could trip a rule
     /// or move the throttle are read again at the real clock's tick if the coarse one
-    /// turns out to lag.
+    /// turns out to lag. The throttle's totals come back only if they could move it.
     fn record_in_time(
         &self,
         w: &TimeWindow,
@@ -745,19 +745,21 @@ impl Shared {
         else {
             return (None, None);
         };
-        let could_act = || match asked.get() {
+        let could_act = match asked.get() {
             // Totals it could not act on come back as they were.
             Some(false) => false,
             // Completed, or never asked about.
             _ => self.may_act(totals, throttle),
         };
-        if !checked && could_act() {
+        if !checked && could_act {
             if let Some(clock) = w.confirm(tick) {
                 totals = w.totals(clock);
                 throttle = throttle.map(|_| w.throttle_totals(clock));
             }
         }
-        (Some(totals), throttle)
+        // Totals that cannot move the throttle leave it where it is (not shedding):
+        // it is not recomputed.
+        (Some(totals), throttle.filter(|_| could_act))
     }
 
     /// Whether totals that may count fewer calls than the window holds (the same
