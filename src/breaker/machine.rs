@@ -732,25 +732,17 @@ impl Shared {
         slot: usize,
     ) -> (Option<Totals>, Option<Totals>) {
         let (tick, checked) = w.outcome_tick(end, slot);
-        // What `record` found of the totals it returns, if it asked.
-        let asked = std::cell::Cell::new(None);
-        let may_act = |window, throttle| {
-            let could = self.may_act(window, throttle);
-            asked.set(Some(could));
-            could
-        };
+        let may_act = |window, throttle| self.may_act(window, throttle);
         let throttled = self.throttle.is_some();
-        let Some((mut totals, mut throttle)) =
+        let Some((mut totals, mut throttle, complete)) =
             w.record(failed, slow, tick, slot, throttled, may_act)
         else {
             return (None, None);
         };
-        let could_act = match asked.get() {
-            // Totals it could not act on come back as they were.
-            Some(false) => false,
-            // Completed, or never asked about.
-            _ => self.may_act(totals, throttle),
-        };
+        // Partial totals come back only when no rule could act on them. Asked only
+        // where the answer is used: to confirm an unchecked tick, or for the throttle.
+        let could_act =
+            complete && (!checked || throttle.is_some()) && self.may_act(totals, throttle);
         if !checked && could_act {
             if let Some(clock) = w.confirm(tick) {
                 totals = w.totals(clock);

@@ -923,7 +923,8 @@ impl TimeWindow {
     /// there are, the same failures, slow and shed calls) could trip a rule or move
     /// the throttle: reading another thread's stripe, which it writes on every call,
     /// moves that line between cores twice. Else the partial totals are returned:
-    /// with as many calls or more, no rule could act on them either.
+    /// with as many calls or more, no rule could act on them either. The last field
+    /// says whether the totals are complete (`false`: `may_act` said no).
     #[inline]
     pub(crate) fn record(
         &self,
@@ -933,7 +934,7 @@ impl TimeWindow {
         slot: usize,
         throttled: bool,
         may_act: impl FnOnce(Totals, Option<Totals>) -> bool,
-    ) -> Option<(Totals, Option<Totals>)> {
+    ) -> Option<(Totals, Option<Totals>, bool)> {
         let bucket = (tick % KEPT) as usize;
         let (stripe, owned) = stripe_of(slot, self.calls.len());
         if bump_stamped(&self.calls[stripe].ring[bucket], tick, owned) {
@@ -964,11 +965,14 @@ impl TimeWindow {
             live.calls += count_aged(&own[bucket_of(tick, age)], tick, age);
         }
         let (window, kept) = (window + live, kept.map(|k| k + live));
-        if others == [0; USED_WORDS] || !may_act(window, kept) {
-            return Some((window, kept));
+        if others == [0; USED_WORDS] {
+            return Some((window, kept, true));
+        }
+        if !may_act(window, kept) {
+            return Some((window, kept, false));
         }
         let rest = self.sum_stripes(tick, 0..LIVE, others, false);
-        Some((window + rest, kept.map(|k| k + rest)))
+        Some((window + rest, kept.map(|k| k + rest), true))
     }
 
     /// Records one call shed at `tick` by adaptive throttling; the throttle's totals
@@ -1313,7 +1317,7 @@ mod tests {
         let t = w.totals(w.tick(10 * sec));
         assert_eq!((t.calls, t.failures), (1, 0));
         // Recycling a bucket drops its old counts.
-        let (t, _) = w
+        let (t, _, _) = w
             .record(true, false, w.tick(20 * sec + 1), 0, false, |_, _| true)
             .unwrap();
         assert_eq!((t.calls, t.failures), (1, 1));
@@ -1377,7 +1381,7 @@ mod tests {
             let failed = rng.bool();
             let slow = rng.u8(..) < 30;
             let throttled = rng.bool();
-            if let Some((t, kept)) = w.record(failed, slow, at, slot, throttled, |_, _| true) {
+            if let Some((t, kept, _)) = w.record(failed, slow, at, slot, throttled, |_, _| true) {
                 assert_eq!(t, brute(at, BUCKETS), "at {at}");
                 assert_eq!(kept.is_some(), throttled && failed);
                 if let Some(kept) = kept {
@@ -1536,7 +1540,7 @@ mod tests {
             }
         }
         let tick = w.current_tick(None);
-        let (totals, _) = w.record(true, false, tick, 5, false, |_, _| true).unwrap();
+        let (totals, _, _) = w.record(true, false, tick, 5, false, |_, _| true).unwrap();
         let successes = (1..=slots.len() as u64).sum::<u64>();
         assert_eq!((totals.calls, totals.failures), (successes + 1, 1));
     }
@@ -1551,19 +1555,21 @@ mod tests {
             let tick = w.current_tick(None);
             // Told that no rule could act: this thread's calls only, every failure.
             let mut asked = None;
-            let (window, kept) = w
+            let (window, kept, complete) = w
                 .record(true, false, tick, 1, throttled, |window, kept| {
                     asked = Some((window, kept));
                     false
                 })
                 .unwrap();
             assert_eq!(asked, Some((window, kept)));
+            assert!(!complete);
             assert_eq!((window.calls, window.failures), (1, 1));
             assert_eq!(kept.map(|k| k.calls), throttled.then_some(1));
             // Told that one could: every thread's.
-            let (window, kept) = w
+            let (window, kept, complete) = w
                 .record(true, false, tick, 1, throttled, |_, _| true)
                 .unwrap();
+            assert!(complete);
             assert_eq!((window.calls, window.failures), (12, 2));
             assert_eq!(kept.map(|k| k.calls), throttled.then_some(12));
         }
@@ -1572,7 +1578,10 @@ mod tests {
         w.record_success(None, 1);
         let tick = w.current_tick(None);
         let totals = w.record(true, false, tick, 1, true, |_, _| unreachable!());
-        assert_eq!(totals.map(|(t, _)| t.calls), Some(2));
+        assert_eq!(
+            totals.map(|(t, _, complete)| (t.calls, complete)),
+            Some((2, true))
+        );
     }
 
     #[test]
