@@ -746,7 +746,18 @@ impl TimeWindow {
     /// clock running, no clock is read (but every [`CHECK_EVERY`]th time).
     #[inline(always)]
     pub(crate) fn record_success(&self, end: Option<Instant>, slot: usize) {
-        let (index_of_stripe, owned) = stripe_of(slot, self.calls.len());
+        // Split on `owned` here, so that neither path asks again.
+        match stripe_of(slot, self.calls.len()) {
+            (stripe, true) => self.count_success::<true>(end, stripe),
+            (stripe, false) => self.count_success::<false>(end, stripe),
+        }
+    }
+
+    /// [`record_success`](Self::record_success) on the stripe at `index_of_stripe`,
+    /// which only this thread writes if `OWNED`.
+    #[inline(always)]
+    fn count_success<const OWNED: bool>(&self, end: Option<Instant>, index_of_stripe: usize) {
+        let owned = OWNED;
         let stripe = &self.calls[index_of_stripe];
         let (tick, index) = match self.coarse.get_with_index() {
             Some(published) if !due(stripe, owned) => published,
