@@ -7,7 +7,10 @@
 //! blocks of `size / 16` (1 to 64) from the shared counter: for one thread the window
 //! is exactly its last `size` calls; with several, it holds `size` calls from among
 //! the last `size + (block - 1) * (threads - 1)`, as each thread's unused positions
-//! keep the calls of a lap before.
+//! keep the calls of a lap before. A block's bits are read once, when it is taken, so
+//! that a success over a success reads none of them: a failure counted into the
+//! block's positions after that (by a thread still on a block of the lap before)
+//! stays one lap longer.
 //!
 //! A [`TimeWindow`] holds the calls of the last `T` in ten buckets of `T / 10` each.
 //! Every bucket counter packs the bucket's tick with its count in one `AtomicU64`, so a
@@ -77,12 +80,23 @@ pub(crate) struct CountWindow {
 /// moved its cache line between cores on every call. Only the thread owning the slot
 /// reads or writes it.
 ///
-/// One word, so that a call takes its position with one load and one store: the low
-/// [`LEFT_BITS`] hold the positions of the block not yet used, the next
+/// `word` is one word, so that a call takes its position with one load and one
+/// store: the low [`LEFT_BITS`] hold the positions of the block not yet used, the next
 /// [`INDEX_BITS_OF_BLOCK`] the index in the window of the block's next position, and
 /// the high 32 the low half of the window's `generation` when the block was taken.
+///
+/// `set` holds, for the positions not yet used (the next one's in bit 0), whether the
+/// call a lap before left a failure or slow bit there, read from the window's bits
+/// when the block was taken: a success over a success (nearly every one) then reads
+/// none of the bits, which every failure writes, and one thread's calls take fewer
+/// instructions. A bit set late, after the block
+/// was taken, by a thread still using a block of the lap before (see the module
+/// docs), stays one lap longer: as though its call came after this thread's.
 #[derive(Debug, Default)]
-struct Block(AtomicU64);
+struct Block {
+    word: AtomicU64,
+    set: AtomicU64,
+}
 
 /// Bits of a [`Block`] holding the positions left (at most 63).
 const LEFT_BITS: u32 = 8;
@@ -134,6 +148,30 @@ impl Bits {
         )
     }
 
+    /// The bits of the `n` (at most 64) positions from `start` on, wrapping at `size`
+    /// (the window's), the one of `start` in bit 0.
+    fn run(&self, start: u64, n: u64, size: u64) -> u64 {
+        let first = n.min(size - start);
+        let mut bits = self.span(start, first);
+        if first < n {
+            bits |= self.span(0, n - first) << first;
+        }
+        bits
+    }
+
+    /// The bits of the `n` (1 to 64) positions from `start` on, all below the size.
+    fn span(&self, start: u64, n: u64) -> u64 {
+        let (word, offset) = (PAD_WORDS + (start / 64) as usize, start % 64);
+        let mut bits = self.0[word].load(Relaxed) >> offset;
+        if offset + n > 64 {
+            bits |= self.0[word + 1].load(Relaxed) << (64 - offset);
+        }
+        if n < 64 {
+            bits &= (1 << n) - 1;
+        }
+        bits
+    }
+
     fn clear(&self) {
         for word in self.0.iter() {
             word.store(0, Relaxed);
@@ -177,45 +215,68 @@ impl CountWindow {
 
     /// The index in the window of a new call's position, for the thread in `slot`:
     /// from the thread's block once the window is full, else (or for a thread without
-    /// a block of its own) straight from the shared counter.
+    /// a block of its own) straight from the shared counter. With it, whether a bit
+    /// may be set there (`false`: none is, see [`Block`]).
     #[inline]
-    fn take_index(&self, slot: usize) -> u64 {
+    fn take_index(&self, slot: usize) -> (u64, bool) {
         if let Some(block) = self.blocks.get(slot) {
-            let block: &Block = block;
-            let generation = self.generation.load(Relaxed) as u32;
-            let b = block.0.load(Relaxed);
-            let left = b & ((1 << LEFT_BITS) - 1);
-            if left > 0 && (b >> 32) as u32 == generation {
-                let index = (b >> LEFT_BITS) & ((1 << INDEX_BITS_OF_BLOCK) - 1);
-                let next = index + 1;
-                let next = if next == self.size { 0 } else { next };
-                block
-                    .0
-                    .store(Block::pack(u64::from(generation), next, left - 1), Relaxed);
-                return index;
+            if let Some(taken) = self.next_in_block(block) {
+                return taken;
             }
             if self.pos.load(Relaxed) >= self.size {
-                return self.take_block(block, generation);
+                return self.take_block(block);
             }
         }
-        self.pos.fetch_add(1, Relaxed) % self.size
+        (self.pos.fetch_add(1, Relaxed) % self.size, true)
     }
 
-    /// Takes a block for a thread whose block is used up (or void): its first index.
-    /// Until this thread's calls fill them, the block's other positions keep the
-    /// calls of a lap before: for one thread, the window is still exactly its last
-    /// `size` calls.
+    /// The next position of `block` and whether a bit may be set there, if the block
+    /// has one left and is not void.
+    #[inline(always)]
+    fn next_in_block(&self, block: &Block) -> Option<(u64, bool)> {
+        let b = block.word.load(Relaxed);
+        let left = b & ((1 << LEFT_BITS) - 1);
+        if left == 0 {
+            return None;
+        }
+        let generation = self.generation.load(Relaxed) as u32;
+        if (b >> 32) as u32 != generation {
+            return None;
+        }
+        let index = (b >> LEFT_BITS) & ((1 << INDEX_BITS_OF_BLOCK) - 1);
+        let next = index + 1;
+        let next = if next == self.size { 0 } else { next };
+        block
+            .word
+            .store(Block::pack(u64::from(generation), next, left - 1), Relaxed);
+        let set = block.set.load(Relaxed);
+        if set != 0 {
+            block.set.store(set >> 1, Relaxed);
+        }
+        Some((index, set & 1 != 0))
+    }
+
+    /// Takes a block for a thread whose block is used up (or void): its first index,
+    /// and whether a bit may be set there. Until this thread's calls fill them, the
+    /// block's other positions keep the calls of a lap before: for one thread, the
+    /// window is still exactly its last `size` calls.
     #[cold]
     #[inline(never)]
-    fn take_block(&self, block: &Block, generation: u32) -> u64 {
+    fn take_block(&self, block: &Block) -> (u64, bool) {
+        let generation = self.generation.load(Relaxed);
         let start = self.pos.fetch_add(self.block, Relaxed) % self.size;
         let next = start + 1;
         let next = if next == self.size { 0 } else { next };
-        block.0.store(
-            Block::pack(u64::from(generation), next, self.block - 1),
+        let mut set = self.fail_bits.run(start, self.block, self.size);
+        if let Some(slow_bits) = &self.slow_bits {
+            set |= slow_bits.run(start, self.block, self.size);
+        }
+        block.set.store(set >> 1, Relaxed);
+        block.word.store(
+            Block::pack(generation & u64::from(u32::MAX), next, self.block - 1),
             Relaxed,
         );
-        start
+        (start, set & 1 != 0)
     }
 
     /// Records one counted call; returns the totals when the call could trip a rule
@@ -224,7 +285,13 @@ impl CountWindow {
     /// [`record_success`](Self::record_success)).
     #[inline(never)]
     pub(crate) fn record(&self, failed: bool, slow: bool, slot: usize) -> Option<Totals> {
-        let index = self.take_index(slot);
+        let (index, set) = self.take_index(slot);
+        if !(failed || slow) {
+            if set {
+                self.clear_at(index);
+            }
+            return None;
+        }
         let (word, bit) = self.fail_bits.of(index);
         let delta = put_bit(word, bit, failed);
         if delta != 0 {
@@ -237,7 +304,7 @@ impl CountWindow {
                 self.tally.slow.fetch_add(delta, Relaxed);
             }
         }
-        (failed || slow).then(|| self.latest_totals())
+        Some(self.latest_totals())
     }
 
     /// Records one successful call (not slow).
@@ -247,6 +314,9 @@ impl CountWindow {
     /// slow call is about, calls from every thread only read the window, and no cache
     /// line moves between threads. Racing a failure or a slow call, such a success
     /// counts as the older of the two.
+    ///
+    /// Otherwise the next position of the thread's block is taken here, inline, and
+    /// its bits are cleared only if the block says one may be set (see [`Block`]).
     #[inline(always)]
     pub(crate) fn record_success(&self, slot: usize) {
         if (self.slow_bits.is_none() || self.tally.slow.load(Relaxed) == 0)
@@ -255,6 +325,14 @@ impl CountWindow {
         {
             return;
         }
+        if let Some(block) = self.blocks.get(slot) {
+            if let Some((index, set)) = self.next_in_block(block) {
+                if set {
+                    self.clear_at(index);
+                }
+                return;
+            }
+        }
         self.take_success(slot);
     }
 
@@ -262,7 +340,16 @@ impl CountWindow {
     /// failure (or slow call) it pushes out of the window, if any.
     #[inline(never)]
     fn take_success(&self, slot: usize) {
-        let index = self.take_index(slot);
+        let (index, set) = self.take_index(slot);
+        if set {
+            self.clear_at(index);
+        }
+    }
+
+    /// Clears the bits at `index` for a success that is not slow: the failure (or
+    /// slow call) it pushes out of the window, if any.
+    #[inline(never)]
+    fn clear_at(&self, index: u64) {
         let (word, bit) = self.fail_bits.of(index);
         if put_bit(word, bit, false) != 0 {
             self.tally.failures.fetch_sub(1, Relaxed);
@@ -1241,6 +1328,45 @@ mod tests {
                 ..Totals::default()
             }
         );
+    }
+
+    #[test]
+    fn a_block_reads_its_bits_when_taken() {
+        let w = CountWindow::new(160, false);
+        assert_eq!(w.block, 10);
+        for _ in 0..160 {
+            w.record(false, false, 0);
+        }
+        // A failure takes the block of positions 0 to 9.
+        w.record(true, false, 0);
+        // Another thread, still on a block of the lap before, fails at position 3
+        // after the block was taken.
+        let (word, bit) = w.fail_bits.of(3);
+        word.fetch_or(bit, Relaxed);
+        w.tally.failures.fetch_add(1, Relaxed);
+        for _ in 0..9 {
+            w.record_success(0);
+        }
+        // The block's successes do not look at the bits again: the late failure
+        // stays, as though it came after them...
+        assert_eq!(w.totals().failures, 2);
+        // ...for one lap: the next block over position 3 reads it.
+        for _ in 0..160 {
+            w.record_success(0);
+        }
+        assert_eq!(w.totals().failures, 0);
+        // Bits read across a word's end and the window's wrap.
+        let w = CountWindow::new(100, true);
+        for i in [60, 63, 64, 70, 98, 99, 0, 1] {
+            let (word, bit) = w.fail_bits.of(i);
+            word.fetch_or(bit, Relaxed);
+        }
+        let (word, bit) = w.slow_bits.as_ref().unwrap().of(1);
+        word.fetch_or(bit, Relaxed);
+        assert_eq!(w.fail_bits.run(60, 12, 100), 0b0100_0001_1001);
+        assert_eq!(w.fail_bits.run(96, 6, 100), 0b11_1100);
+        assert_eq!(w.slow_bits.as_ref().unwrap().run(96, 6, 100), 0b10_0000);
+        assert_eq!(w.fail_bits.run(0, 64, 100), 0b11 | 1 << 60 | 1 << 63);
     }
 
     #[test]
