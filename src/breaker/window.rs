@@ -1289,13 +1289,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn threads_share_a_full_window_in_blocks() {
+    /// A count window of 160 (blocks of ten) filled with successes by the thread in
+    /// slot 0, one position a call.
+    fn full_of_successes() -> CountWindow {
         let w = CountWindow::new(160, false);
         assert_eq!(w.block, 10);
         for _ in 0..160 {
             w.record(false, false, 0);
         }
+        w
+    }
+
+    #[test]
+    fn threads_share_a_full_window_in_blocks() {
+        let w = full_of_successes();
         // A thread takes ten positions at once from the shared counter.
         let pos = w.pos.load(Relaxed);
         w.record(false, false, 0);
@@ -1332,11 +1339,7 @@ mod tests {
 
     #[test]
     fn a_block_reads_its_bits_when_taken() {
-        let w = CountWindow::new(160, false);
-        assert_eq!(w.block, 10);
-        for _ in 0..160 {
-            w.record(false, false, 0);
-        }
+        let w = full_of_successes();
         // A failure takes the block of positions 0 to 9.
         w.record(true, false, 0);
         // Another thread, still on a block of the lap before, fails at position 3
