@@ -1370,6 +1370,7 @@ mod tests {
         assert_eq!(w.fail_bits.run(96, 6, 100), 0b11_1100);
         assert_eq!(w.slow_bits.as_ref().unwrap().run(96, 6, 100), 0b10_0000);
         assert_eq!(w.fail_bits.run(0, 64, 100), 0b11 | 1 << 60 | 1 << 63);
+        assert_eq!(w.fail_bits.run(1, 64, 100), 1 | 1 << 59 | 1 << 62 | 1 << 63);
     }
 
     #[test]
