@@ -1335,6 +1335,15 @@ mod tests {
                 ..Totals::default()
             }
         );
+        // Full again, one thread's blocks hold exactly its last 160 calls, as before
+        // the reset.
+        for _ in 0..158 {
+            w.record(false, false, 0);
+        }
+        for i in 1..=160 {
+            let t = w.record(true, false, 0).unwrap();
+            assert_eq!((t.calls, t.failures), (160, i));
+        }
     }
 
     #[test]
