@@ -1367,6 +1367,15 @@ mod tests {
             w.record_success(0);
         }
         assert_eq!(w.totals().failures, 0);
+        // A success taking a block whose one set bit is its first position's clears it.
+        let w = full_of_successes();
+        w.record(true, false, 0);
+        for _ in 0..159 {
+            w.record_success(0);
+        }
+        assert_eq!(w.totals().failures, 1);
+        w.record_success(0);
+        assert_eq!(w.totals().failures, 0);
         // Bits read across a word's end and the window's wrap.
         let w = CountWindow::new(100, true);
         for i in [60, 63, 64, 70, 98, 99, 0, 1] {
