@@ -89,9 +89,9 @@ pub(crate) struct CountWindow {
 /// call a lap before left a failure or slow bit there, read from the window's bits
 /// when the block was taken: a success over a success (nearly every one) then reads
 /// none of the bits, which every failure writes, and one thread's calls take fewer
-/// instructions. A bit set late, after the block
-/// was taken, by a thread still using a block of the lap before (see the module
-/// docs), stays one lap longer: as though its call came after this thread's.
+/// instructions. A bit set late, after the block was taken, by a thread still using
+/// a block of the lap before (see the module docs), stays one lap longer: as though
+/// its call came after this thread's.
 #[derive(Debug, Default)]
 struct Block {
     word: AtomicU64,
@@ -219,15 +219,21 @@ impl CountWindow {
     /// may be set there (`false`: none is, see [`Block`]).
     #[inline]
     fn take_index(&self, slot: usize) -> (u64, bool) {
-        if let Some(block) = self.blocks.get(slot) {
-            if let Some(taken) = self.next_in_block(block) {
-                return taken;
-            }
-            if self.pos.load(Relaxed) >= self.size {
-                return self.take_block(block);
-            }
+        match self.blocks.get(slot).and_then(|b| self.next_in_block(b)) {
+            Some(taken) => taken,
+            None => self.take_fresh(slot),
         }
-        (self.pos.fetch_add(1, Relaxed) % self.size, true)
+    }
+
+    /// [`take_index`](Self::take_index) for a thread with no position left in its
+    /// block (or no block): a new block once the window is full, else one position
+    /// from the shared counter.
+    #[inline]
+    fn take_fresh(&self, slot: usize) -> (u64, bool) {
+        match self.blocks.get(slot) {
+            Some(block) if self.pos.load(Relaxed) >= self.size => self.take_block(block),
+            _ => (self.pos.fetch_add(1, Relaxed) % self.size, true),
+        }
     }
 
     /// The next position of `block` and whether a bit may be set there, if the block
@@ -263,7 +269,7 @@ impl CountWindow {
     #[cold]
     #[inline(never)]
     fn take_block(&self, block: &Block) -> (u64, bool) {
-        let generation = self.generation.load(Relaxed);
+        let generation = self.generation.load(Relaxed) as u32;
         let start = self.pos.fetch_add(self.block, Relaxed) % self.size;
         let next = start + 1;
         let next = if next == self.size { 0 } else { next };
@@ -273,7 +279,7 @@ impl CountWindow {
         }
         block.set.store(set >> 1, Relaxed);
         block.word.store(
-            Block::pack(generation & u64::from(u32::MAX), next, self.block - 1),
+            Block::pack(u64::from(generation), next, self.block - 1),
             Relaxed,
         );
         (start, set & 1 != 0)
@@ -336,11 +342,12 @@ impl CountWindow {
         self.take_success(slot);
     }
 
-    /// [`record`](Self::record) for a success that is not slow: its position, and the
-    /// failure (or slow call) it pushes out of the window, if any.
+    /// [`record_success`](Self::record_success) once the thread's block has no
+    /// position left (or while the window fills): a new position, and the failure
+    /// (or slow call) it pushes out of the window, if any.
     #[inline(never)]
     fn take_success(&self, slot: usize) {
-        let (index, set) = self.take_index(slot);
+        let (index, set) = self.take_fresh(slot);
         if set {
             self.clear_at(index);
         }
