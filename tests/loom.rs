@@ -308,6 +308,44 @@ fn failures_at_the_rate_threshold_trip_once() {
     });
 }
 
+/// A full count window with no failure in it lets successes through without a
+/// position, and says so in a flag of its own. A failure racing the success that
+/// pushes out the window's last failure must leave the flag down: were it up, the
+/// successes after would not push the racing failure out either, and it would stay in
+/// the window for good.
+#[test]
+fn a_failure_racing_the_last_one_out_still_leaves_the_window() {
+    model(2, || {
+        let breaker = builder()
+            .failure_rate(0.75)
+            .count_window(4)
+            .min_calls(4)
+            .build()
+            .unwrap();
+        // The window holds a failure, then three successes: the next success pushes
+        // the failure out.
+        for what in [Call::Fail, Call::Succeed, Call::Succeed, Call::Succeed] {
+            call(&mut service(&breaker), what);
+        }
+        // Half the window fails at most, whatever the order: no trip.
+        let outcomes = spawn_calls(&breaker, &[Call::Succeed, Call::Fail]);
+        assert_eq!(outcomes, [Done::Ok, Done::Failed]);
+        // Four successes push every failure out: two more are half the window, where
+        // a failure left behind would make three of four.
+        for _ in 0..4 {
+            assert_eq!(call(&mut service(&breaker), Call::Succeed), Done::Ok);
+        }
+        for _ in 0..2 {
+            assert_eq!(call(&mut service(&breaker), Call::Fail), Done::Failed);
+        }
+        assert_eq!(
+            breaker.state(),
+            State::Closed,
+            "a failure stayed in the window"
+        );
+    });
+}
+
 /// A failure admitted before a transition must not count after it: here a call
 /// admitted while closed fails while another thread forces the breaker open and resets
 /// it. Whatever the order, the fresh closed state starts from zero failures, so one

@@ -29,7 +29,7 @@ use crate::nanos::{nanos, nanos_since};
 use crate::stripe::{bump_stamped, count_aged, parallelism, stamp, stripe_of, NEVER};
 use crate::sync::atomic::{
     fence, AtomicBool, AtomicI64, AtomicU64,
-    Ordering::{Acquire, Relaxed, Release},
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 use crate::sync::Mutex;
 
@@ -73,6 +73,11 @@ pub(crate) struct CountWindow {
     blocks: Box<[CachePadded<Block>]>,
     /// Changed by every reset: blocks taken before it are void.
     generation: AtomicU64,
+    /// The window is full and holds no failure or slow call: a success takes no
+    /// position (see [`record_success`](Self::record_success)). Read by every success,
+    /// written only when that changes (see [`settle`](Self::settle)), so that a thread
+    /// counting failures does not move the line of every other thread's check.
+    quiet: AtomicBool,
 }
 
 /// Positions of a full count window taken by one thread at once: with failures in the
@@ -210,6 +215,7 @@ impl CountWindow {
             block,
             blocks: (0..blocks).map(|_| CachePadded::default()).collect(),
             generation: AtomicU64::new(0),
+            quiet: AtomicBool::new(false),
         }
     }
 
@@ -218,10 +224,13 @@ impl CountWindow {
     /// a block of its own) straight from the shared counter. With it, whether a bit
     /// may be set there (`false`: none is, see [`Block`]).
     #[inline]
-    fn take_index(&self, slot: usize) -> (u64, bool) {
+    fn take_index(&self, slot: usize) -> (u64, bool, bool) {
         match self.blocks.get(slot).and_then(|b| self.next_in_block(b)) {
-            Some(taken) => taken,
-            None => self.take_fresh(slot),
+            Some((index, set)) => (index, set, true),
+            None => {
+                let (index, set) = self.take_fresh(slot);
+                (index, set, false)
+            }
         }
     }
 
@@ -232,7 +241,14 @@ impl CountWindow {
     fn take_fresh(&self, slot: usize) -> (u64, bool) {
         match self.blocks.get(slot) {
             Some(block) if self.pos.load(Relaxed) >= self.size => self.take_block(block),
-            _ => (self.pos.fetch_add(1, Relaxed) % self.size, true),
+            _ => {
+                let pos = self.pos.fetch_add(1, Relaxed);
+                if pos + 1 == self.size {
+                    // This call filled the window.
+                    self.settle();
+                }
+                (pos % self.size, true)
+            }
         }
     }
 
@@ -289,9 +305,17 @@ impl CountWindow {
     /// (it failed or was slow). Out of line: a success that is not slow only gets here
     /// while the window fills or holds a failure or a slow call (see
     /// [`record_success`](Self::record_success)).
+    ///
+    /// The counts come back from the read-modify-writes that count the call, which
+    /// see the latest values where a load may see older ones: a failure whose bit
+    /// replaced an older failure's adds nothing, and a load could then miss another
+    /// thread's count and skip a trip the window calls for. The position only grows
+    /// until a reset (which the caller's epoch check orders before this), so a block
+    /// of this generation, or a load that finds the window full, is the latest word
+    /// on it; without a slow-call rule, `slow` stays zero.
     #[inline(never)]
     pub(crate) fn record(&self, failed: bool, slow: bool, slot: usize) -> Option<Totals> {
-        let (index, set) = self.take_index(slot);
+        let (index, set, full) = self.take_index(slot);
         if !(failed || slow) {
             if set {
                 self.clear_at(index);
@@ -300,17 +324,30 @@ impl CountWindow {
         }
         let (word, bit) = self.fail_bits.of(index);
         let delta = put_bit(word, bit, failed);
-        if delta != 0 {
-            self.tally.failures.fetch_add(delta, Relaxed);
-        }
-        if let Some(slow_bits) = &self.slow_bits {
-            let (word, bit) = slow_bits.of(index);
-            let delta = put_bit(word, bit, slow);
-            if delta != 0 {
-                self.tally.slow.fetch_add(delta, Relaxed);
+        let failures = self.tally.failures.fetch_add(delta, AcqRel) + delta;
+        let slow = match &self.slow_bits {
+            Some(slow_bits) => {
+                let (word, bit) = slow_bits.of(index);
+                let delta = put_bit(word, bit, slow);
+                self.tally.slow.fetch_add(delta, AcqRel) + delta
             }
+            None => 0,
+        };
+        // After the count's read-modify-write: see `settle`.
+        if self.quiet.load(Relaxed) {
+            self.settle();
         }
-        Some(self.latest_totals())
+        let calls = if full || self.pos.load(Relaxed) >= self.size {
+            self.size
+        } else {
+            self.pos.fetch_add(0, Relaxed).min(self.size)
+        };
+        Some(Totals {
+            calls,
+            failures: failures.max(0) as u64,
+            slow: slow.max(0) as u64,
+            shed: 0,
+        })
     }
 
     /// Records one successful call (not slow).
@@ -318,17 +355,15 @@ impl CountWindow {
     /// A full window with no failure or slow call in it holds only successes, and one
     /// more changes nothing in it: the call takes no position. So while no failure or
     /// slow call is about, calls from every thread only read the window, and no cache
-    /// line moves between threads. Racing a failure or a slow call, such a success
-    /// counts as the older of the two.
+    /// line moves between threads: a success reads only [`quiet`](Self::quiet), which
+    /// failures leave alone while the window holds one. Racing a failure or a slow
+    /// call, such a success counts as the older of the two.
     ///
     /// Otherwise the next position of the thread's block is taken here, inline, and
     /// its bits are cleared only if the block says one may be set (see [`Block`]).
     #[inline(always)]
     pub(crate) fn record_success(&self, slot: usize) {
-        if (self.slow_bits.is_none() || self.tally.slow.load(Relaxed) == 0)
-            && self.tally.failures.load(Relaxed) == 0
-            && self.pos.load(Relaxed) >= self.size
-        {
+        if self.quiet.load(Relaxed) {
             return;
         }
         if let Some(block) = self.blocks.get(slot) {
@@ -358,41 +393,49 @@ impl CountWindow {
     #[inline(never)]
     fn clear_at(&self, index: u64) {
         let (word, bit) = self.fail_bits.of(index);
+        let mut last = false;
         if put_bit(word, bit, false) != 0 {
-            self.tally.failures.fetch_sub(1, Relaxed);
+            last |= self.tally.failures.fetch_sub(1, AcqRel) <= 1;
         }
         if let Some(slow_bits) = &self.slow_bits {
             let (word, bit) = slow_bits.of(index);
             if put_bit(word, bit, false) != 0 {
-                self.tally.slow.fetch_sub(1, Relaxed);
+                last |= self.tally.slow.fetch_sub(1, AcqRel) <= 1;
             }
+        }
+        if last {
+            self.settle();
         }
     }
 
-    /// [`totals`](Self::totals) read with read-modify-writes, which see the latest
-    /// values where a load may see older ones. A failure whose bit replaced an older
-    /// failure's adds nothing to `failures`, and a load could then miss the other
-    /// thread's count and skip a trip the window calls for. Only failed or slow calls
-    /// pay for it, and only where a load could be wrong: the position only grows
-    /// until a reset (which the caller's epoch check orders before this read), so a
-    /// load that finds the window full is the latest word on it; without a slow-call
-    /// rule, `slow` stays zero.
-    fn latest_totals(&self) -> Totals {
-        let calls = if self.pos.load(Relaxed) >= self.size {
-            self.size
-        } else {
-            self.pos.fetch_add(0, Relaxed).min(self.size)
+    /// Sets [`quiet`](Self::quiet) to whether the window is full with no failure or
+    /// slow call in it, after a call that may have changed that: the first failure or
+    /// slow call in a quiet window, the success that pushed out the last one (or left
+    /// a count below zero, see [`totals`](Self::totals)), the call that filled the
+    /// window.
+    ///
+    /// The counts are read with read-modify-writes, the last thing in the window's
+    /// order of each, and read again after `quiet` is written. A failure racing this
+    /// counts with a read-modify-write and then reads `quiet`: if its count comes
+    /// after the second reading here, it reads the `quiet` written here and settles
+    /// in turn; if before, the reading here finds it. Either way no failure stays in
+    /// a window that says it holds none (its successes would not push it out).
+    #[cold]
+    #[inline(never)]
+    fn settle(&self) {
+        let quiet = || {
+            self.pos.fetch_add(0, AcqRel) >= self.size
+                && self.tally.failures.fetch_add(0, AcqRel) <= 0
+                && self.tally.slow.fetch_add(0, AcqRel) <= 0
         };
-        let slow = if self.slow_bits.is_some() {
-            self.tally.slow.fetch_add(0, Relaxed).max(0) as u64
-        } else {
-            0
-        };
-        Totals {
-            calls,
-            failures: self.tally.failures.fetch_add(0, Relaxed).max(0) as u64,
-            slow,
-            shed: 0,
+        let mut now = quiet();
+        loop {
+            self.quiet.store(now, Relaxed);
+            let again = quiet();
+            if again == now {
+                return;
+            }
+            now = again;
         }
     }
 
@@ -409,13 +452,17 @@ impl CountWindow {
 
     pub(crate) fn reset(&self) {
         self.generation.fetch_add(1, Relaxed);
-        self.pos.store(0, Relaxed);
+        // A swap, so that a `settle` whose reading of `pos` came first is ordered
+        // before the write of `quiet` below (see `settle`).
+        self.pos.swap(0, AcqRel);
         self.fail_bits.clear();
         if let Some(slow_bits) = &self.slow_bits {
             slow_bits.clear();
         }
         self.tally.failures.store(0, Relaxed);
         self.tally.slow.store(0, Relaxed);
+        // Not full. A `settle` reading `pos` after the swap finds it below the size.
+        self.quiet.store(false, Relaxed);
     }
 }
 
@@ -1420,8 +1467,17 @@ mod tests {
 
     #[test]
     fn successes_into_a_full_clean_window_take_no_position_and_still_slide() {
-        for slot in SLOTS {
-            let w = CountWindow::new(10, false);
+        // The call that breaks the quiet: a failure, or a slow success.
+        for (slot, slow) in SLOTS.into_iter().flat_map(|s| [(s, false), (s, true)]) {
+            let w = CountWindow::new(10, slow);
+            let outliers = |w: &CountWindow| {
+                let t = w.totals();
+                if slow {
+                    t.slow
+                } else {
+                    t.failures
+                }
+            };
             // Filling up: every success counts toward `calls`.
             for i in 1..=10 {
                 w.record_success(slot);
@@ -1435,19 +1491,22 @@ mod tests {
                 10,
                 "a clean full window takes no position"
             );
-            let t = w.record(true, false, slot).unwrap();
-            assert_eq!((t.calls, t.failures), (10, 1));
-            // With a failure inside, successes take positions again: the failure leaves
-            // after exactly ten more calls, not one sooner.
+            let t = w.record(!slow, slow, slot).unwrap();
+            assert_eq!(
+                (t.calls, t.failures, t.slow),
+                (10, u64::from(!slow), u64::from(slow))
+            );
+            // With a failure (or slow call) inside, successes take positions again:
+            // it leaves after exactly ten more calls, not one sooner.
             for _ in 0..9 {
                 w.record_success(slot);
-                assert_eq!(w.totals().failures, 1);
+                assert_eq!(outliers(&w), 1);
             }
             w.record_success(slot);
-            assert_eq!(w.totals().failures, 0);
+            assert_eq!(outliers(&w), 0);
             let pos = w.pos.load(Relaxed);
             w.record_success(slot);
-            assert_eq!(w.pos.load(Relaxed), pos);
+            assert_eq!(w.pos.load(Relaxed), pos, "quiet again");
             // After a reset the window fills up again from empty.
             w.reset();
             w.record_success(slot);
