@@ -63,9 +63,10 @@ pub(crate) struct CountWindow {
     pos: CachePadded<AtomicU64>,
     fail_bits: Bits,
     slow_bits: Option<Bits>,
-    /// Written by every failure (and every call that pushes one out), read by every
-    /// call: on a line of its own, so that the fields above, read by every call and
-    /// written only by a reset, are not moved between cores with it.
+    /// Written by every failure (and every call that pushes one out), read by none
+    /// but them and [`settle`](Self::settle): on a line of its own, so that the
+    /// fields above and `quiet`, read by every call and written only by a reset (or
+    /// when the window goes quiet), are not moved between cores with it.
     tally: CachePadded<Tally>,
     /// Positions a thread takes at once from `pos` once the window is full, and each
     /// thread slot's block; none for windows too small to share out.
