@@ -277,9 +277,10 @@ impl BreakerBuilder {
     /// combined with [`time_window`](Self::time_window).
     ///
     /// Exactly the last `n` calls while one thread calls. Threads calling at once take
-    /// their positions in the window `n / 16` at a time (1 to 64), so that they do not
+    /// their positions in the window `n / 4` at a time (1 to 64), so that they do not
     /// meet on one counter on every call: the window then holds `n` calls from among
-    /// the last `n + (n / 16 - 1) * (threads - 1)`.
+    /// the last `n + (n / 4 - 1) * (threads - 1)`, each other thread adding at most a
+    /// quarter of the window and at most 63 calls.
     pub fn count_window(mut self, n: u32) -> Self {
         self.count_window = Some(n);
         self

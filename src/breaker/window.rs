@@ -4,7 +4,7 @@
 //! call swaps its own bit into the slot of the call `size` places before it, so the
 //! failure count always equals the number of failure bits in the ring, whatever the
 //! interleaving of threads. Once the window is full, a thread takes its positions in
-//! blocks of `size / 16` (1 to 64) from the shared counter: for one thread the window
+//! blocks of `size / 4` (1 to 64) from the shared counter: for one thread the window
 //! is exactly its last `size` calls; with several, it holds `size` calls from among
 //! the last `size + (block - 1) * (threads - 1)`, as each thread's unused positions
 //! keep the calls of a lap before. A block's bits are read once, when it is taken, so
@@ -117,9 +117,12 @@ impl Block {
     }
 }
 
-/// The positions in a block: a sixteenth of the window, 1 to 64 (1: no blocks).
+/// The positions in a block: a quarter of the window, 1 to 64 (1: no blocks). A
+/// sixteenth took a block every sixth call of a window of 100, and the shared counter
+/// with it, which cost a thread alone 0.9 ns a call and two threads with failures in
+/// the window up to half their time (docs/performance.md, seventh part).
 fn block_size(size: u64) -> u64 {
-    (size / 16).clamp(1, 64)
+    (size / 4).clamp(1, 64)
 }
 
 /// The failures and slow calls whose bits are set in a count window.
@@ -1344,12 +1347,12 @@ mod tests {
         }
     }
 
-    /// A count window of 160 (blocks of ten) filled with successes by the thread in
+    /// A count window of 40 (blocks of ten) filled with successes by the thread in
     /// slot 0, one position a call.
     fn full_of_successes() -> CountWindow {
-        let w = CountWindow::new(160, false);
+        let w = CountWindow::new(40, false);
         assert_eq!(w.block, 10);
-        for _ in 0..160 {
+        for _ in 0..40 {
             w.record(false, false, 0);
         }
         w
@@ -1366,18 +1369,18 @@ mod tests {
             w.record(false, false, 0);
         }
         assert_eq!(w.pos.load(Relaxed), pos + 10);
-        // Two threads in turn, each failing every call: the window holds 160 calls
-        // from among the last 160 + 9 (a block's worth of the other thread's, less
+        // Two threads in turn, each failing every call: the window holds 40 calls
+        // from among the last 40 + 9 (a block's worth of the other thread's, less
         // one).
         let pos = w.pos.load(Relaxed);
         for i in 0..400 {
             let t = w.record(true, false, i % 2).unwrap();
             let made = i as u64 + 1;
-            assert!(t.failures <= made.min(160), "{t:?} after {made}");
-            assert!(t.failures + 9 >= made.min(160), "{t:?} after {made}");
+            assert!(t.failures <= made.min(40), "{t:?} after {made}");
+            assert!(t.failures + 9 >= made.min(40), "{t:?} after {made}");
         }
         assert_eq!(w.pos.load(Relaxed) - pos, 400);
-        assert_eq!(w.totals().failures, 160);
+        assert_eq!(w.totals().failures, 40);
         // A reset voids the blocks: the window fills from empty, one position a call.
         w.reset();
         w.record(true, false, 0);
@@ -1390,14 +1393,14 @@ mod tests {
                 ..Totals::default()
             }
         );
-        // Full again, one thread's blocks hold exactly its last 160 calls, as before
+        // Full again, one thread's blocks hold exactly its last 40 calls, as before
         // the reset.
-        for _ in 0..158 {
+        for _ in 0..38 {
             w.record(false, false, 0);
         }
-        for i in 1..=160 {
+        for i in 1..=40 {
             let t = w.record(true, false, 0).unwrap();
-            assert_eq!((t.calls, t.failures), (160, i));
+            assert_eq!((t.calls, t.failures), (40, i));
         }
     }
 
@@ -1418,14 +1421,14 @@ mod tests {
         // stays, as though it came after them...
         assert_eq!(w.totals().failures, 2);
         // ...for one lap: the next block over position 3 reads it.
-        for _ in 0..160 {
+        for _ in 0..40 {
             w.record_success(0);
         }
         assert_eq!(w.totals().failures, 0);
         // A success taking a block whose one set bit is its first position's clears it.
         let w = full_of_successes();
         w.record(true, false, 0);
-        for _ in 0..159 {
+        for _ in 0..39 {
             w.record_success(0);
         }
         assert_eq!(w.totals().failures, 1);
