@@ -119,8 +119,8 @@ impl Block {
 
 /// The positions in a block: a quarter of the window, 1 to 64 (1: no blocks). A
 /// sixteenth took a block every sixth call of a window of 100, and the shared counter
-/// with it, which cost a thread alone 0.9 ns a call and two threads with failures in
-/// the window up to half their time (docs/performance.md, seventh part).
+/// with it, which cost a thread alone 0.9 ns a call and two threads with 10% failing
+/// about two fifths of their time (docs/performance.md, seventh part).
 fn block_size(size: u64) -> u64 {
     (size / 4).clamp(1, 64)
 }
