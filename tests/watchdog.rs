@@ -262,6 +262,41 @@ fn capture_events() -> (Capture, tracing::subscriber::DefaultGuard) {
 // --- probes back off; traffic never reaches a dead downstream ------------------------------
 
 #[tokio::test(start_paused = true)]
+async fn a_rejection_right_after_the_trip_gives_the_time_to_the_first_probe() {
+    // Regression: between a trip and the moment the watchdog's task saw it, the
+    // breaker knew no next probe, so those rejections had no `retry_after` (an HTTP
+    // 503 without `Retry-After`; seen once in 1,455 by `incident_defaults` on real
+    // time). The trip itself now sets the hint to the watchdog's interval.
+    let breaker = Breaker::builder("tripped")
+        .consecutive_failures(3)
+        .open_backoff(Backoff::constant(secs(5)))
+        .build()
+        .unwrap();
+    let ds = Downstream::down();
+    let watchdog = Watchdog::builder(&breaker, Probes::new().of(&ds))
+        .interval(ms(700))
+        .spawn()
+        .unwrap();
+    settle().await;
+    let mut svc = ds.guarded(&breaker);
+    let t0 = Instant::now();
+    // No await below yields to the watchdog's task: it has not seen the trip.
+    for _ in 0..3 {
+        assert_eq!(call(&mut svc).await, Seen::Failed);
+    }
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(call(&mut svc).await, Seen::Rejected(Some(ms(700))));
+    assert_eq!(breaker.snapshot().retry_after, Some(ms(700)));
+    // The watchdog sees the trip: its own schedule agrees.
+    settle().await;
+    sleep(ms(300)).await;
+    assert_eq!(call(&mut svc).await, Seen::Rejected(Some(ms(400))));
+    assert_eq!(ds.reached(), 3);
+    watchdog.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_minute_of_traffic_never_reaches_a_dead_downstream_while_probes_back_off() {
     let breaker = Breaker::builder("dead")
         .consecutive_failures(3)
@@ -714,7 +749,8 @@ async fn after_shutdown_the_breaker_recovers_on_its_own_timer() {
     let mut svc = ds.guarded(&breaker);
 
     assert_eq!(call(&mut svc).await, Seen::Failed);
-    assert_eq!(call(&mut svc).await, Seen::Rejected(None));
+    // The watchdog owns recovery: its first probe comes an interval after the trip.
+    assert_eq!(call(&mut svc).await, Seen::Rejected(Some(secs(1))));
     sleep_until(t0 + ms(1_500)).await;
     assert_eq!(probes.times(), [secs(1)]);
     watchdog.shutdown().await;

@@ -170,6 +170,10 @@ pub(crate) struct Shared {
     /// Nanoseconds since `start` at which a watchdog expects to close the breaker if
     /// its probes pass; 0 when unknown.
     watchdog_eta: AtomicU64,
+    /// Nanoseconds from a trip to an attached watchdog's first probe (its interval);
+    /// 0 when none was attached. A trip sets `watchdog_eta` from it, so rejections
+    /// carry a hint before the watchdog's task has seen the trip.
+    watchdog_first_probe: AtomicU64,
     /// Watchdogs reporting the dependency escalated.
     escalated: AtomicUsize,
     locked: Mutex<Locked>,
@@ -268,6 +272,7 @@ impl Core {
             watchdogs: AtomicUsize::new(0),
             probing: AtomicBool::new(false),
             watchdog_eta: AtomicU64::new(0),
+            watchdog_first_probe: AtomicU64::new(0),
             escalated: AtomicUsize::new(0),
             locked: Mutex::new(Locked {
                 open_delays,
@@ -917,8 +922,17 @@ impl Shared {
             return;
         }
         let delay = locked.open_delays.next().unwrap_or_default();
-        self.open_until
-            .store(self.now().saturating_add(nanos(delay)), Release);
+        let now = self.now();
+        self.open_until.store(now.saturating_add(nanos(delay)), Release);
+        if self.watchdogs.load(Acquire) > 0 {
+            // The watchdog probes an interval after it sees the trip; until its task
+            // runs and says so, that is the estimate.
+            let first = self.watchdog_first_probe.load(Acquire);
+            if first > 0 {
+                self.watchdog_eta
+                    .store(now.saturating_add(first).max(1), Release);
+            }
+        }
         let next = Word::new(OPEN, epoch.wrapping_add(1));
         self.install(word, next);
         self.trips.fetch_add(1, Relaxed);
@@ -965,7 +979,11 @@ impl Shared {
 
     // --- watchdog hooks ------------------------------------------------------------------
 
-    pub(crate) fn attach_watchdog(&self) {
+    /// A watchdog starts owning recovery; after a trip it probes first `interval`
+    /// later (with several watchdogs, the last attached gives the estimate).
+    pub(crate) fn attach_watchdog(&self, interval: Duration) {
+        self.watchdog_first_probe
+            .store(nanos(interval).max(1), Release);
         self.watchdogs.fetch_add(1, AcqRel);
     }
 

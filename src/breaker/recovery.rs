@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -55,9 +56,10 @@ impl Recovery {
         breaker.core.alive()
     }
 
-    /// A watchdog starts owning recovery: an open breaker waits for it.
-    pub(crate) fn attach(&self) {
-        self.shared.attach_watchdog();
+    /// A watchdog starts owning recovery: an open breaker waits for it, and after a
+    /// trip expects its first probe `interval` later.
+    pub(crate) fn attach(&self, interval: Duration) {
+        self.shared.attach_watchdog(interval);
     }
 
     /// A watchdog ended: with none left, the breaker recovers on its own timer.

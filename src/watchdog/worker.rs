@@ -23,8 +23,8 @@ struct Attached {
 }
 
 impl Attached {
-    fn new(shared: Arc<Recovery>) -> Self {
-        shared.attach();
+    fn new(shared: Arc<Recovery>, interval: Duration) -> Self {
+        shared.attach(interval);
         Self {
             shared,
             escalated: false,
@@ -113,7 +113,7 @@ pub(super) fn run<P: Probe>(
         trip_times: VecDeque::new(),
         escalated: false,
         closed_since: None,
-        attached: Attached::new(shared),
+        attached: Attached::new(shared, config.interval),
         probe,
         config,
     };
