@@ -217,6 +217,45 @@ pub(crate) fn add_stamped(counter: &AtomicU64, tick: u64, n: u64, owned: bool) -
     }
 }
 
+/// Adds one to a counter only this thread writes, if its stamp is `tick` (a tick as
+/// [`stamp`] gives it); whether the count is now a multiple of `every` (a power of
+/// two, at most 4096): the caller's turn to do what it does every `every` calls.
+/// `None`, counting nothing, for any other stamp (the caller counts with
+/// [`bump_stamped`]).
+///
+/// It reads no saturation bound on the way: an add that brings the count to a multiple
+/// of `every` within `every` of [`SATURATED`] takes it back by `every` instead, so a
+/// count that reached the bound stays within `every` of it, as [`bump_stamped`]'s does,
+/// and never carries into the stamp.
+#[inline(always)]
+pub(crate) fn bump_owned(counter: &AtomicU64, tick: u64, every: u64) -> Option<bool> {
+    debug_assert_eq!(tick, stamp(tick));
+    let current = counter.load(Relaxed);
+    if current >> COUNT_BITS != tick {
+        return None;
+    }
+    let next = current + 1;
+    if next % every == 0 {
+        return Some(turn(counter, next, every));
+    }
+    counter.store(next, Relaxed);
+    Some(false)
+}
+
+/// Stores `next`, a count at a turn of [`bump_owned`], taken back by `every` near the
+/// bound.
+#[cold]
+#[inline(never)]
+fn turn(counter: &AtomicU64, next: u64, every: u64) -> bool {
+    let next = if next & COUNT_MASK > SATURATED - every {
+        next - every
+    } else {
+        next
+    };
+    counter.store(next, Relaxed);
+    true
+}
+
 /// The count of a stamped counter if its stamp is among the `span` ticks up to `tick`.
 #[inline]
 pub(crate) fn live_count(counter: &AtomicU64, tick: u64, span: u64) -> u64 {
@@ -262,6 +301,41 @@ mod tests {
             c.store(stamp(15) << COUNT_BITS | SATURATED, Relaxed);
             bump_stamped(&c, 15, owned);
             assert_eq!(live_count(&c, 15, 1), SATURATED);
+        }
+    }
+
+    #[test]
+    fn an_owned_counter_counts_its_own_tick_and_says_whose_turn() {
+        let c = AtomicU64::new(NEVER);
+        // Not yet stamped 5: nothing counted.
+        assert_eq!(bump_owned(&c, 5, 4), None);
+        assert_eq!(live_count(&c, 5, 1), 0);
+        bump_stamped(&c, 5, true);
+        let turns: Vec<_> = (0..8).map(|_| bump_owned(&c, 5, 4).unwrap()).collect();
+        // Counts 2 to 9: the turns are at 4 and 8.
+        assert_eq!(
+            turns,
+            [false, false, true, false, false, false, true, false]
+        );
+        assert_eq!(live_count(&c, 5, 1), 9);
+        // Another tick's counter is left alone.
+        assert_eq!(bump_owned(&c, 6, 4), None);
+        assert_eq!(live_count(&c, 5, 1), 9);
+        // Near the bound a turn steps back instead of forward, and the count stays
+        // within `every` of it, below the stamp.
+        let every = 256;
+        let top = SATURATED - SATURATED % every;
+        c.store(stamp(5) << COUNT_BITS | (top - 1), Relaxed);
+        assert_eq!(bump_owned(&c, 5, every), Some(true));
+        assert_eq!(live_count(&c, 5, 1), top - every);
+        c.store(stamp(5) << COUNT_BITS | SATURATED, Relaxed);
+        for _ in 0..10 * every {
+            bump_owned(&c, 5, every).unwrap();
+            let count = live_count(&c, 5, 1);
+            assert!(
+                count > SATURATED - every && count < SATURATED + every,
+                "{count}"
+            );
         }
     }
 

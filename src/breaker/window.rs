@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::local::with_local;
 use crate::nanos::{nanos, nanos_since};
-use crate::stripe::{bump_stamped, count_aged, parallelism, stamp, stripe_of, NEVER};
+use crate::stripe::{bump_owned, bump_stamped, count_aged, parallelism, stamp, stripe_of, NEVER};
 use crate::sync::atomic::{
     fence, AtomicBool, AtomicI64, AtomicU64,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
@@ -489,7 +489,8 @@ struct Stripe {
     from: AtomicU64,
     tick: AtomicU64,
     /// Calls counted by the coarse clock since the stripe last checked it against the
-    /// real clock (see [`Coarse`]).
+    /// real clock (see [`Coarse`]), when threads share it; a stripe of its own thread
+    /// tells its turn from its bucket's count instead.
     unchecked: AtomicU64,
 }
 
@@ -690,9 +691,11 @@ impl std::ops::Add for Totals {
 /// its boundary (a call in the last millisecond of a tick may count in the next one);
 /// a shed call and a snapshot read the real clock, a failure or slow call does before
 /// its totals trip a rule or move the throttle (see `Shared::record_in_time`), as does
-/// every 256th call of a thread, and each turns the coarse clock off for good if it
-/// lags by more than one tick. A stalled ticker can so misplace at most 255 calls of
-/// a thread, in the tick it stalled in, before one of them finds it out. Without a
+/// every 256th call of a thread (the call that brings the count of its bucket to a
+/// multiple of 256, or of a stripe threads share, every 256th call on it), and each
+/// turns the coarse clock off for good if it lags by more than one tick. A stalled
+/// ticker can so misplace at most 256 calls of a thread, in the tick it stalled in,
+/// before one of them finds it out. Without a
 /// runtime at build time, or once that runtime is gone, every call reads the clock as
 /// before.
 #[derive(Debug)]
@@ -704,7 +707,9 @@ struct Coarse {
 }
 
 /// Calls (successes, failures, slow calls) between two checks of the coarse clock
-/// against the real one, per thread.
+/// against the real one, per thread: a thread's turn comes when its bucket's count
+/// reaches a multiple of it (see [`bump_owned`]), so the count of the bucket is the
+/// only write of a success.
 const CHECK_EVERY: u64 = 256;
 
 /// Bits of a published coarse tick that hold its bucket in a ring (`tick % KEPT`).
@@ -904,8 +909,20 @@ impl TimeWindow {
     fn count_success<const OWNED: bool>(&self, end: Option<Instant>, index_of_stripe: usize) {
         let owned = OWNED;
         let stripe = &self.calls[index_of_stripe];
-        let (tick, index) = match self.coarse.get_with_index() {
-            Some(published) if !due(stripe, owned) => published,
+        let coarse = self.coarse.get_with_index();
+        if OWNED {
+            // The thread's own bucket of the coarse tick: one load and one store, the
+            // count telling the turn to check the clock (after this call is counted).
+            if let Some((tick, index)) = coarse {
+                match bump_owned(&stripe.ring[index], tick, CHECK_EVERY) {
+                    Some(false) => return,
+                    Some(true) => return self.check_coarse(tick, end, stripe),
+                    None => {}
+                }
+            }
+        }
+        let (tick, index) = match coarse {
+            Some(published) if owned || !due(stripe) => published,
             coarse => {
                 let tick = self.success_tick(coarse.map(|(tick, _)| tick), end, stripe, owned);
                 (tick, (tick % KEPT) as usize)
@@ -914,6 +931,14 @@ impl TimeWindow {
         if bump_stamped(&stripe.ring[index], tick, owned) {
             self.mark_used(index_of_stripe);
         }
+    }
+
+    /// The turn of a thread's success, counted at the coarse clock's `tick`, to check
+    /// that tick against the real clock (see [`Coarse`]).
+    #[cold]
+    #[inline(never)]
+    fn check_coarse(&self, tick: u64, end: Option<Instant>, stripe: &Stripe) {
+        self.success_tick(Some(tick), end, stripe, true);
     }
 
     /// Marks `stripe` as one that has counted calls (see [`used`](Self::used)); once
@@ -979,9 +1004,16 @@ impl TimeWindow {
     #[inline]
     pub(crate) fn outcome_tick(&self, end: Option<Instant>, slot: usize) -> (u64, bool) {
         if end.is_none() {
-            if let Some(coarse) = self.coarse.get() {
+            if let Some((coarse, index)) = self.coarse.get_with_index() {
                 let (stripe, owned) = stripe_of(slot, self.calls.len());
-                if !due(&self.calls[stripe], owned) {
+                let stripe = &self.calls[stripe];
+                let due = if owned {
+                    // This call would bring the thread's bucket to its turn.
+                    (count_aged(&stripe.ring[index], coarse, 0) + 1) % CHECK_EVERY == 0
+                } else {
+                    due(stripe)
+                };
+                if !due {
                     return (coarse, false);
                 }
             }
@@ -1303,17 +1335,11 @@ impl Drop for TimeWindow {
     }
 }
 
-/// Whether a call counted on `stripe` is due to check the coarse clock.
+/// Whether a call counted on `stripe`, which threads share, is due to check the coarse
+/// clock.
 #[inline(always)]
-fn due(stripe: &Stripe, owned: bool) -> bool {
-    let n = if owned {
-        let n = stripe.unchecked.load(Relaxed).wrapping_add(1);
-        stripe.unchecked.store(n, Relaxed);
-        n
-    } else {
-        stripe.unchecked.fetch_add(1, Relaxed).wrapping_add(1)
-    };
-    n % CHECK_EVERY == 0
+fn due(stripe: &Stripe) -> bool {
+    stripe.unchecked.fetch_add(1, Relaxed).wrapping_add(1) % CHECK_EVERY == 0
 }
 
 #[cfg(test)]
@@ -1716,30 +1742,32 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_takes_the_coarse_tick_unchecked_but_every_check_every_th_call() {
-        // No runtime: no ticker; the coarse clock is set by hand, 20 ticks ahead of
-        // the real one (`start` is now).
-        let start = Instant::now();
-        let w = TimeWindow::new(Duration::from_millis(100), start, true);
-        let late = start + Duration::from_millis(3);
-        // Without a coarse clock, the real one's, checked.
-        assert_eq!(w.outcome_tick(None, 0), (0, true));
-        w.coarse.publish(20);
-        // A call that brings its end is checked against it, whatever its turn.
-        assert_eq!(w.outcome_tick(Some(late), 0), (0, true));
-        assert!(w.coarse.off.load(Relaxed));
-        w.coarse.off.store(false, Relaxed);
-        w.coarse.publish(20);
-        // The turn counts successes and failures alike: after a success (its turn
-        // taken here) and 254 failures, the thread's 256th call is checked.
-        let (stripe, owned) = stripe_of(0, w.calls.len());
-        assert!(!due(&w.calls[stripe], owned));
-        for _ in 0..CHECK_EVERY - 2 {
-            assert_eq!(w.outcome_tick(None, 0), (20, false));
+    fn a_failure_takes_the_coarse_tick_unchecked_but_at_its_threads_turn() {
+        for slot in SLOTS {
+            // No runtime: no ticker; the coarse clock is set by hand, 20 ticks ahead
+            // of the real one (`start` is now).
+            let start = Instant::now();
+            let w = TimeWindow::new(Duration::from_millis(100), start, true);
+            let late = start + Duration::from_millis(3);
+            // Without a coarse clock, the real one's, checked.
+            assert_eq!(w.outcome_tick(None, slot), (0, true));
+            w.coarse.publish(20);
+            // A call that brings its end is checked against it, whatever its turn.
+            assert_eq!(w.outcome_tick(Some(late), slot), (0, true));
+            assert!(w.coarse.off.load(Relaxed));
+            w.coarse.off.store(false, Relaxed);
+            w.coarse.publish(20);
+            // The turn comes with successes and failures alike: after a success and
+            // 254 failures, the thread's 256th call is checked.
+            w.record_success(None, slot);
+            for _ in 0..CHECK_EVERY - 2 {
+                assert_eq!(w.outcome_tick(None, slot), (20, false));
+                w.record(true, false, 20, slot, false, |_, _| false);
+            }
+            assert_eq!(w.coarse.get(), Some(20));
+            assert_eq!(w.outcome_tick(None, slot), (0, true), "slot {slot}");
+            assert!(w.coarse.off.load(Relaxed));
         }
-        assert_eq!(w.coarse.get(), Some(20));
-        assert_eq!(w.outcome_tick(None, 0), (0, true));
-        assert!(w.coarse.off.load(Relaxed));
     }
 
     #[test]
@@ -1828,22 +1856,57 @@ mod tests {
 
     #[test]
     fn successes_check_the_coarse_clock_every_256th_time() {
+        // A thread's own stripe counts the call that brings its bucket to the turn at
+        // the coarse tick, then checks; a shared stripe checks first.
+        for (slot, at_turn) in [(0, 2), (usize::MAX, 9)] {
+            let start = Instant::now();
+            let w = TimeWindow::new(Duration::from_millis(100), start, true);
+            let (stripe, _) = stripe_of(slot, w.calls.len());
+            let counted =
+                |tick: u64| live_count(&w.calls[stripe].ring[(tick % KEPT) as usize], tick, 1);
+            let late = start + Duration::from_millis(95); // tick 9
+            w.coarse.publish(2);
+            // Counted at the coarse tick without looking at `end`...
+            for _ in 1..CHECK_EVERY {
+                w.record_success(Some(late), slot);
+            }
+            assert_eq!(counted(2), CHECK_EVERY - 1);
+            assert_eq!(w.coarse.get(), Some(2));
+            // ... until the check, which finds it 7 ticks behind.
+            w.record_success(Some(late), slot);
+            assert_eq!(w.coarse.get(), None);
+            assert_eq!(counted(at_turn), if at_turn == 2 { CHECK_EVERY } else { 1 });
+            w.record_success(Some(late), slot);
+            assert_eq!(counted(9), if at_turn == 2 { 1 } else { 2 });
+        }
+    }
+
+    #[test]
+    fn a_thread_checks_the_coarse_clock_on_its_turn_in_a_saturated_bucket() {
+        // 16.7 million calls in a tick (a thread of a tight loop, a tick of a second
+        // or more): the count stays near the bound and the turns keep coming.
         let start = Instant::now();
         let w = TimeWindow::new(Duration::from_millis(100), start, true);
+        let on_time = start + Duration::from_millis(5); // tick 0
         let late = start + Duration::from_millis(95); // tick 9
-        w.coarse.publish(2);
-        // Counted at the coarse tick without looking at `end`...
-        for _ in 1..CHECK_EVERY {
-            w.record_success(Some(late), 0);
+        w.coarse.publish(0);
+        w.record_success(Some(on_time), 0);
+        let ring = &w.calls[0].ring[0];
+        ring.store(ring.load(Relaxed) + SATURATED - 1, Relaxed);
+        // Turns that find the coarse clock on time leave it on.
+        for _ in 0..4 * CHECK_EVERY {
+            w.record_success(Some(on_time), 0);
+            let count = counted(&w, 0);
+            assert!(count > SATURATED - CHECK_EVERY && count < SATURATED + CHECK_EVERY);
         }
-        assert_eq!(counted(&w, 2), CHECK_EVERY - 1);
-        assert_eq!(w.coarse.get(), Some(2));
-        // ... until the check, which finds it 7 ticks behind.
-        w.record_success(Some(late), 0);
-        assert_eq!(w.coarse.get(), None);
-        assert_eq!(counted(&w, 9), 1);
-        w.record_success(Some(late), 0);
-        assert_eq!(counted(&w, 9), 2);
+        assert_eq!(w.coarse.get(), Some(0));
+        // Once it lags, the thread's next turn finds it out.
+        let mut calls = 0;
+        while w.coarse.get().is_some() {
+            w.record_success(Some(late), 0);
+            calls += 1;
+            assert!(calls <= CHECK_EVERY, "no check in {calls} calls");
+        }
     }
 
     #[test]
