@@ -923,7 +923,8 @@ impl Shared {
         }
         let delay = locked.open_delays.next().unwrap_or_default();
         let now = self.now();
-        self.open_until.store(now.saturating_add(nanos(delay)), Release);
+        self.open_until
+            .store(now.saturating_add(nanos(delay)), Release);
         if self.watchdogs.load(Acquire) > 0 {
             // The watchdog probes an interval after it sees the trip; until its task
             // runs and says so, that is the estimate.
