@@ -163,6 +163,11 @@ const STAMP_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
 /// A stamped counter stops counting this far below its limit, so concurrent adds that
 /// passed the check can never carry into the stamp: it saturates instead of wrapping.
 pub(crate) const SATURATED: u64 = COUNT_MASK - 4096;
+/// A count from which a window's bucket of calls takes no more failures: below where
+/// [`bump_owned`]'s turns hold a count that reached the bound, so that failures stop
+/// counting when calls do and a full bucket keeps the failure rate of the calls it
+/// holds.
+pub(crate) const FULL: u64 = SATURATED - 1024;
 
 /// A tick as stored in a stamped counter.
 #[inline]
@@ -254,6 +259,13 @@ fn turn(counter: &AtomicU64, next: u64, every: u64) -> bool {
     };
     counter.store(next, Relaxed);
     true
+}
+
+/// Whether a counter stamped with `tick` holds [`FULL`] or more.
+#[inline]
+pub(crate) fn is_full(counter: &AtomicU64, tick: u64) -> bool {
+    let v = counter.load(Relaxed);
+    v >> COUNT_BITS == stamp(tick) && v & COUNT_MASK >= FULL
 }
 
 /// The count of a stamped counter if its stamp is among the `span` ticks up to `tick`.

@@ -26,7 +26,9 @@ use tokio::time::Instant;
 
 use super::local::with_local;
 use crate::nanos::{nanos, nanos_since};
-use crate::stripe::{bump_owned, bump_stamped, count_aged, parallelism, stamp, stripe_of, NEVER};
+use crate::stripe::{
+    bump_owned, bump_stamped, count_aged, is_full, parallelism, stamp, stripe_of, NEVER,
+};
 use crate::sync::atomic::{
     fence, AtomicBool, AtomicI64, AtomicU64,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
@@ -1125,18 +1127,27 @@ impl TimeWindow {
     ) -> Option<(Totals, Option<Totals>, bool)> {
         let bucket = (tick % KEPT) as usize;
         let (stripe, owned) = stripe_of(slot, self.calls.len());
-        if bump_stamped(&self.calls[stripe].ring[bucket], tick, owned) {
-            self.mark_used(stripe);
-        }
-        if failed {
-            bump_stamped(&self.failures[bucket], tick, false);
-        }
-        if slow {
-            self.ring_used(SLOW_RING);
-            bump_stamped(&self.slow[bucket], tick, false);
-        }
+        let calls = &self.calls[stripe].ring[bucket];
         if !(failed || slow) {
+            if bump_stamped(calls, tick, owned) {
+                self.mark_used(stripe);
+            }
             return None;
+        }
+        // A thread's bucket that holds all the calls it can counts none of its
+        // failed or slow calls either (else its rates would climb with every call
+        // past the bound, to 100%): the tick keeps the rates of the calls counted.
+        if !is_full(calls, tick) {
+            if bump_stamped(calls, tick, owned) {
+                self.mark_used(stripe);
+            }
+            if failed {
+                bump_stamped(&self.failures[bucket], tick, false);
+            }
+            if slow {
+                self.ring_used(SLOW_RING);
+                bump_stamped(&self.slow[bucket], tick, false);
+            }
         }
         let (window, kept) = if throttled && failed {
             let (window, kept) = self.past_both(tick);
@@ -1345,7 +1356,7 @@ fn due(stripe: &Stripe) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stripe::{live_count, SATURATED};
+    use crate::stripe::{live_count, FULL, SATURATED};
 
     /// Slots with a block of their own (0) and without (`usize::MAX`): for one
     /// thread, both are exact.
@@ -1906,6 +1917,48 @@ mod tests {
             w.record_success(Some(late), 0);
             calls += 1;
             assert!(calls <= CHECK_EVERY, "no check in {calls} calls");
+        }
+    }
+
+    #[test]
+    fn a_full_bucket_keeps_the_failure_rate_of_the_calls_it_holds() {
+        // Regression: past a thread's bound in a tick (16.7 million calls: a tight
+        // loop, a tick of a second), successes no longer counted but failures still
+        // did, so the rate climbed with every call. A 10 s window at 10% failing
+        // showed 13% after 88 million calls in 4 s, and tripped a 50% rule in the
+        // criterion bench (150 million calls a second). Now a full bucket takes no
+        // failures either, on a thread's own stripe and on the shared one.
+        for slot in [0, usize::MAX] {
+            // Ticks of 100 s: the real clock, read at the turns, stays in tick 0.
+            let start = Instant::now();
+            let w = TimeWindow::new(Duration::from_secs(1_000), start, true);
+            w.coarse.publish(0);
+            let (stripe, _) = stripe_of(slot, w.calls.len());
+            // A tick of calls failing one in ten, up to the bound.
+            let fail = |w: &TimeWindow| {
+                let (tick, _) = w.outcome_tick(None, slot);
+                w.record(true, false, tick, slot, false, |_, _| true);
+            };
+            for _ in 0..9 {
+                w.record_success(None, slot);
+            }
+            fail(&w);
+            let ring = &w.calls[stripe].ring[0];
+            ring.store(ring.load(Relaxed) + FULL - 10, Relaxed);
+            w.failures[0].store(w.failures[0].load(Relaxed) + FULL / 10 - 1, Relaxed);
+            let before = w.totals(0);
+            assert_eq!((before.calls, before.failures), (FULL, FULL / 10));
+            // As many again, one in ten failing, and slow calls: the rates stay.
+            for _ in 0..100_000 {
+                for _ in 0..9 {
+                    w.record_success(None, slot);
+                }
+                fail(&w);
+                w.record(false, true, 0, slot, false, |_, _| true);
+            }
+            let after = w.totals(0);
+            assert_eq!((after.failures, after.slow), (FULL / 10, 0), "slot {slot}");
+            assert!(after.calls >= FULL && after.calls <= SATURATED, "{after:?}");
         }
     }
 
