@@ -60,8 +60,9 @@ impl Open {
     /// - never zero: at least 1 ms (a deadline just passed means "soon", not "now"), and
     ///   at most one day;
     /// - `None` when no time can be given: forced open (until someone resets it),
-    ///   half-open with every trial taken (try again soon), or under a watchdog that
-    ///   has not run yet.
+    ///   half-open with every trial taken (try again soon), or, with several watchdogs
+    ///   on one breaker, after one of them ends and until another's next probe is
+    ///   scheduled.
     ///
     /// The HTTP `Retry-After` header is this value rounded up to whole seconds (so at
     /// least 1), and is left out when it is `None`.

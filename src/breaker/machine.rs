@@ -985,6 +985,10 @@ impl Shared {
     pub(crate) fn attach_watchdog(&self, interval: Duration) {
         self.watchdog_first_probe
             .store(nanos(interval).max(1), Release);
+        if self.word().kind() == OPEN {
+            // A watchdog that finds the breaker open probes at once.
+            self.watchdog_eta.store(self.now().max(1), Release);
+        }
         self.watchdogs.fetch_add(1, AcqRel);
     }
 

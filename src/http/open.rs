@@ -72,8 +72,8 @@ use crate::BoxError;
 /// rounded **up** so a client that obeys it never comes back before the breaker lets
 /// a call through: 9.2 s is `"10"`, any delay under a second is `"1"`; it is never
 /// `"0"`, as `retry_after()` is never zero. The header is left out when `retry_after()`
-/// is `None` (see its docs: forced open, half-open with every trial taken, a watchdog
-/// that has not run yet).
+/// is `None` (see its docs: forced open, half-open with every trial taken, one of
+/// several watchdogs just ended).
 ///
 /// ```
 /// use http::StatusCode;
