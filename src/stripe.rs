@@ -192,31 +192,46 @@ pub(crate) fn bump_stamped(counter: &AtomicU64, tick: u64, owned: bool) -> bool 
 /// [`bump_stamped`] by `n` (at most 4096, the margin below saturation).
 #[inline]
 pub(crate) fn add_stamped(counter: &AtomicU64, tick: u64, n: u64, owned: bool) -> bool {
+    add_below(counter, tick, n, owned, SATURATED).unwrap_or(false)
+}
+
+/// [`bump_stamped`] for a window's bucket of calls, for a failed or slow call: `None`,
+/// counting nothing, when the bucket holds [`FULL`] calls of `tick` (then the caller
+/// counts the failure nowhere either), else whether this add started it over.
+#[inline]
+pub(crate) fn bump_unless_full(counter: &AtomicU64, tick: u64, owned: bool) -> Option<bool> {
+    add_below(counter, tick, 1, owned, FULL)
+}
+
+/// [`add_stamped`], counting nothing (`None`) when the count of `tick` is `limit` or
+/// more.
+#[inline]
+fn add_below(counter: &AtomicU64, tick: u64, n: u64, owned: bool, limit: u64) -> Option<bool> {
     let tick = stamp(tick);
     let n = n.min(4096);
     let mut current = counter.load(Relaxed);
     loop {
         let age = tick.wrapping_sub(current >> COUNT_BITS) & STAMP_MASK;
         let next = if age == 0 {
-            if current & COUNT_MASK >= SATURATED {
-                return false;
+            if current & COUNT_MASK >= limit {
+                return None;
             }
             if !owned {
                 counter.fetch_add(n, Relaxed);
-                return false;
+                return Some(false);
             }
             current + n
         } else if age < STAMP_MASK / 2 {
             tick << COUNT_BITS | n
         } else {
-            return false;
+            return Some(false);
         };
         if owned {
             counter.store(next, Relaxed);
-            return age != 0;
+            return Some(age != 0);
         }
         match counter.compare_exchange_weak(current, next, Relaxed, Relaxed) {
-            Ok(_) => return age != 0,
+            Ok(_) => return Some(age != 0),
             Err(actual) => current = actual,
         }
     }
@@ -259,13 +274,6 @@ fn turn(counter: &AtomicU64, next: u64, every: u64) -> bool {
     };
     counter.store(next, Relaxed);
     true
-}
-
-/// Whether a counter stamped with `tick` holds [`FULL`] or more.
-#[inline]
-pub(crate) fn is_full(counter: &AtomicU64, tick: u64) -> bool {
-    let v = counter.load(Relaxed);
-    v >> COUNT_BITS == stamp(tick) && v & COUNT_MASK >= FULL
 }
 
 /// The count of a stamped counter if its stamp is among the `span` ticks up to `tick`.
