@@ -296,6 +296,10 @@ impl BreakerBuilder {
     /// every 256th call of a thread, and without it (no runtime, the runtime gone, a
     /// paused clock) each call reads the clock. A call in
     /// the last millisecond of a tenth may count in the next one.
+    ///
+    /// A thread counts about 16.7 million calls in a tenth; past that, a tenth
+    /// keeps the failure and slow-call rates of the calls it counted and counts no
+    /// more of that thread's calls, failed or not.
     pub fn time_window(mut self, window: Duration) -> Self {
         self.time_window = Some(window);
         self
